@@ -5,27 +5,48 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.curvlab-installed
+# checkov pins versions that clash with curvlab's, so it gets a virtual environment of its own.
+OPS_VENV := .venv-ops
+CHECKOV := $(OPS_VENV)/bin/checkov
 ARGS ?=
 
-.PHONY: install train test test-slow test-all lint format clean
+.PHONY: install system-packages train test test-slow test-all lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
+$(CHECKOV):
+	test -x $(OPS_VENV)/bin/python || $(PYTHON) -m venv $(OPS_VENV)
+	$(OPS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check checkov==3.3.30
+
+# Tools the tests call that are not Python packages: docker-compose validates the compose file,
+# iproute2 builds the network namespaces of the simulated pods.
+system-packages:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=""; \
+	  command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	  command -v ip >/dev/null || missing="$$missing iproute2"; \
+	  if [ -n "$$missing" ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  fi; \
+	else \
+	  echo "not root or no apt-get: tests that need docker-compose or iproute2 will skip"; \
+	fi
+
 install: $(STAMP)  ## create .venv and install curvlab with its test extras
 
 train: install  ## train the default experiment (MLP on digits), logging to ./mlflow.db
 	$(BIN)/curvlab-train $(ARGS)
 
-test: install  ## the default test suite (excludes tests marked slow)
+test: install $(CHECKOV) system-packages  ## the default test suite (excludes tests marked slow)
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
-test-slow: install  ## only the long tests (pytest's "no tests collected", exit 5, is a pass)
+test-slow: install $(CHECKOV) system-packages  ## only the long tests (pytest's "no tests collected", exit 5, is a pass)
 	$(BIN)/python -m pytest -m slow $(ARGS) || [ $$? -eq 5 ]
 
-test-all: install  ## every test
+test-all: install $(CHECKOV) system-packages  ## every test
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: install  ## ruff lint and format check
@@ -37,4 +58,4 @@ format: install  ## apply ruff's fixes and formatting
 	$(BIN)/ruff format .
 
 clean:  ## remove the virtual environment and local run outputs
-	rm -rf $(VENV) outputs mlruns mlflow.db .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OPS_VENV) outputs mlruns mlflow.db .pytest_cache .ruff_cache

@@ -68,4 +68,4 @@ def runs_of(workdir: Path, experiment: str = "curvlab") -> list:
 def compose_train(overrides: list[str] | None = None) -> DictConfig:
     """The root training config with ``overrides``, composed as the CLI would."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=overrides or [], return_hydra_config=True)
+        return compose(config_name="train", overrides=overrides or [])

@@ -1,4 +1,4 @@
-"""Cross entropy and focal losses against float64 loops over the guide's formulas (1.2.4, 1.2.5)."""
+"""Cross entropy and focal losses against float64 loops over the guide's formulas (1.2.4-5)."""
 
 from __future__ import annotations
 
@@ -123,7 +123,9 @@ def test_focal_matches_the_guide_formula(alpha, gamma: float, one_class: bool) -
     value = load("focal", alpha=alpha, gamma=gamma)(z, labels)
 
     alpha_list = [alpha] * 4 if isinstance(alpha, float) else alpha
-    terms = [focal(r, y, alpha_list, gamma) for r, y in zip(z.tolist(), labels.tolist(), strict=True)]
+    terms = [
+        focal(r, y, alpha_list, gamma) for r, y in zip(z.tolist(), labels.tolist(), strict=True)
+    ]
     assert value.item() == pytest.approx(sum(terms) / len(terms), rel=1e-6)
 
 
@@ -146,7 +148,9 @@ def test_focal_is_finite_with_finite_gradients_when_probabilities_saturate() -> 
         value = FocalLoss(gamma=gamma)(z, labels)
         (grad,) = torch.autograd.grad(value, z)
 
-        expected = sum(focal(r, y, None, gamma) for r, y in zip(z.tolist(), [0, 1, 1])) / 3
+        expected = (
+            sum(focal(r, y, None, gamma) for r, y in zip(z.tolist(), [0, 1, 1], strict=True)) / 3
+        )
         assert value.item() == pytest.approx(expected, rel=1e-6)
         assert torch.isfinite(grad).all()
 

@@ -74,7 +74,9 @@ def test_smooth_l1_is_huber_divided_by_beta(beta: float) -> None:
     value = load("smooth_l1", beta=beta)(y_hat, y)
 
     assert value.item() == pytest.approx(mean_of(errors, lambda e: smooth_l1(e, beta)), rel=1e-6)
-    assert value.item() == pytest.approx(mean_of(errors, lambda e: huber(e, beta)) / beta, rel=1e-6)
+    assert value.item() == pytest.approx(
+        mean_of(errors, lambda e: huber(e, beta)) / beta, rel=1e-6
+    )
 
 
 def test_perfect_prediction_costs_nothing() -> None:

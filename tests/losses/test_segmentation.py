@@ -138,8 +138,12 @@ def test_dice_bce_is_the_weighted_sum(case: str) -> None:
     value = load("dice_bce", bce_weight=0.7, dice_weight=1.3)(z, target)
 
     p, g = soft_masks(z, target)
-    flat = [(a, t) for img_p, img_g in zip(p, g, strict=True) for ch_p, ch_g in zip(img_p, img_g)]
-    pixels = [(a, t) for ch_p, ch_g in flat for a, t in zip(ch_p, ch_g, strict=True)]
+    pixels = [
+        (a, t)
+        for img_p, img_g in zip(p, g, strict=True)
+        for ch_p, ch_g in zip(img_p, img_g, strict=True)
+        for a, t in zip(ch_p, ch_g, strict=True)
+    ]
     if case == "multiclass":
         # cross entropy per pixel: -log of the true class's probability
         ce = -sum(math.log(a) for a, t in pixels if t == 1) / (len(pixels) / z.shape[1])
@@ -159,6 +163,14 @@ def test_gradients_match_finite_differences(case: str) -> None:
         assert torch.autograd.gradcheck(lambda x, fn=fn: fn(x, target), (z,))
     combined = DiceBCELoss(bce_weight=0.5, dice_weight=2.0)
     assert torch.autograd.gradcheck(lambda x: combined(x, target), (z,))
+
+
+def test_one_channel_prediction_reads_class_indices_as_a_mask() -> None:
+    z, mask = binary_case(5)
+    indices = mask[:, 0].long()  # (B, H, W) of 0/1
+
+    for loss in (DiceLoss(), IoULoss(), DiceBCELoss()):
+        assert loss(z, indices).item() == pytest.approx(loss(z, mask).item(), rel=1e-12)
 
 
 def test_mismatched_shapes_are_refused() -> None:

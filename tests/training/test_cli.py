@@ -73,7 +73,8 @@ def test_resume_is_bit_exact_and_continues_the_run(tmp_path: Path) -> None:
     args = ["trainer.enable_progress_bar=false", "trainer.log_every_n_steps=5"]
 
     run_cli("curvlab.cli.train", [*args, "trainer.max_epochs=4"], full)
-    run_cli("curvlab.cli.train", [*args, "trainer.max_epochs=2"], split)
+    # Stopped halfway: two of four epochs, and no test (it would not have reached it).
+    run_cli("curvlab.cli.train", [*args, "trainer.max_epochs=2", "test_after_fit=false"], split)
     run_cli("curvlab.cli.train", [*args, "trainer.max_epochs=4", "ckpt_path=last"], split)
 
     def final_weights(root: Path) -> dict[str, torch.Tensor]:
@@ -90,7 +91,7 @@ def test_resume_is_bit_exact_and_continues_the_run(tmp_path: Path) -> None:
     # One MLflow run, with the same metric steps as the uninterrupted run: none lost, none twice.
     (run_full,) = runs_of(full)
     (run_split,) = runs_of(split)
-    for key in ("train/loss", "val/loss", "epoch"):
+    for key in ("train/loss", "train/lr", "val/loss", "val/acc", "test/acc", "epoch"):
         steps_full = [
             m.step for m in mlflow_client(full).get_metric_history(run_full.info.run_id, key)
         ]

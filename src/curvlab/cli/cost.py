@@ -43,17 +43,23 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="curvlab-cost",
         description=(
-            "Print the guide's Vision Transformer cost model (chapter 4): tokens, head dim, "
-            "attention entries, MLP width, the exact parameter count of the built model, "
-            "forward FLOPs per image (attention, projections, MLP) and the activation memory "
+            "Print the guide's Vision Transformer cost model (chapter 4): tokens, head dim,\n"
+            "attention entries, MLP width, the exact parameter count of the built model,\n"
+            "forward FLOPs per image (attention, projections, MLP) and the activation memory\n"
             "autograd keeps for one training step."
         ),
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--image-size", type=int, help="H = W in pixels (default: the data's)")
-    parser.add_argument("--channels", type=int, help="C, image channels (default: the data's)")
-    parser.add_argument("--classes", type=int, help="K, head width (default: the task's)")
+    parser.add_argument(
+        "--image-size", type=int, metavar="S", help="H = W in pixels (default: the data's)"
+    )
+    parser.add_argument(
+        "--channels", type=int, metavar="C", help="C, image channels (default: the data's)"
+    )
+    parser.add_argument(
+        "--classes", type=int, metavar="K", help="K, head width (default: the task's)"
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model.depth=12")
     return parser
 
@@ -74,7 +80,8 @@ def _data_shape(cfg: DictConfig, args: argparse.Namespace) -> tuple[tuple[int, i
     except (HydraException, OmegaConfBaseException) as err:
         raise ValueError(
             f"could not load the data config to read the image shape and classes: "
-            f"{_message(err)}. Give --image-size, --channels and --classes to skip the data."
+            f"{_message(err).rstrip('.')}. Give --image-size, --channels and --classes to "
+            "skip the data."
         ) from err
     C, H, W = datamodule.input_shape
     K = instantiate(cfg.task).setup(datamodule)
@@ -123,24 +130,28 @@ def _is_vit(model_cfg: DictConfig) -> bool:
 
 
 def _message(err: BaseException) -> str:
-    # Hydra wraps the model's ValueError, whose own text names the key: show that one.
     cause = err.__cause__
-    if isinstance(err, InstantiationException) and isinstance(cause, ValueError):
-        return _message(cause)
-    text = str(err)
-    key = getattr(cause, "full_key", None)
-    if isinstance(err, HydraException) and cause is not None:
-        text = f"{text} ({cause})"
-    if key:
-        text = f"unknown or invalid config key {key}: {text}"
-    return " ".join(text.split())
+    if isinstance(err, InstantiationException) and cause is not None:
+        # Hydra wraps the constructor's error; curvlab's ValueErrors already name the key.
+        if isinstance(cause, ValueError):
+            return _message(cause)
+        target = str(err).splitlines()[0].rstrip(":")
+        return f"{target}: {cause}"
+    text = " ".join(str(err).split())
+    if not isinstance(err, (HydraException, OmegaConfBaseException)):
+        return text
+
+    # Composition errors keep the offending key on the OmegaConf error underneath.
+    if cause is not None:
+        text = f"{text} ({' '.join(str(cause).split())})"
+    key = getattr(err, "full_key", None) or getattr(cause, "full_key", None)
+    return f"config key {key}: {text}" if key else text
 
 
 def _table(report: _Report) -> str:
     model, cost, params = report.model, report.cost, report.params
     C, H, W = model.input_shape
     flops = cost.flops_forward
-    mib = cost.activation_bytes / 2**20
     rows = [
         ("image H x W x C", f"{H} x {W} x {C}", ""),
         ("patch size P", f"{model.patch_size}", ""),
@@ -150,7 +161,7 @@ def _table(report: _Report) -> str:
         ("MLP ratio r", f"{model.mlp_ratio:g}", ""),
         ("classes K", f"{model.num_outputs}", ""),
         ("class token", "yes" if model.class_token else "no (mean of tokens)", ""),
-        ("attention", attention_impl(model), ""),
+        ("attention kernel", attention_impl(model), ""),
         None,
         ("patch tokens N_patch", f"{cost.patch_tokens:,}", "(H/P)(W/P), eq. 4.1"),
         ("tokens N", f"{cost.tokens:,}", "eq. 4.2"),
@@ -160,15 +171,15 @@ def _table(report: _Report) -> str:
         ("attention entries", f"{cost.attention_entries:,}", "L*h*N^2, all layers"),
         ("MLP width D_MLP", f"{cost.mlp_width:,}", "r*D, eq. 4.8"),
         ("parameters", f"{params:,}", _params_note(params, cost.params)),
-        ("forward FLOPs/image", f"{flops:,}", f"{flops / 1e9:.3g} GFLOP, multiply-add = 2"),
+        ("forward FLOPs/image", f"{flops:,}", f"{_si(flops)}FLOP, a multiply-add is 2"),
         ("  attention", f"{cost.flops_attention:,}", _share(cost.flops_attention, flops)),
         ("  projections", f"{cost.flops_projections:,}", _share(cost.flops_projections, flops)),
         ("  MLP", f"{cost.flops_mlp:,}", _share(cost.flops_mlp, flops)),
         (
             "activation memory",
             f"{cost.activation_bytes:,} B",
-            f"{mib:,.1f} MiB saved for backward, batch {cost.batch_size} at "
-            f"{report.precision} ({cost.bytes_per_element} B/element)",
+            f"{_si(cost.activation_bytes)}B for batch {cost.batch_size} at {report.precision} "
+            f"({cost.bytes_per_element} B/element)",
         ),
     ]
 
@@ -180,6 +191,13 @@ def _table(report: _Report) -> str:
         line = "" if row is None else f"  {row[0]:<{label_w}}  {row[1]:>{value_w}}  {row[2]}"
         lines.append(line.rstrip())
     return "\n".join(lines)
+
+
+def _si(value: int) -> str:
+    for prefix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g} {prefix}"
+    return f"{value} "
 
 
 def _share(part: int, total: int) -> str:

@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from curvlab.config import CONFIG_DIR
+from curvlab.launch import LaunchEnvironmentError, check_launch_environment
 from curvlab.training.build import ConfigError
 from curvlab.training.fit import train
 
@@ -34,6 +35,11 @@ def _main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Console entry point."""
+    # Under an operator without torchrun, every pod would claim the same ranks and hang.
+    try:
+        check_launch_environment()
+    except LaunchEnvironmentError as err:
+        sys.exit(f"curvlab-train: {err}")
     _main()
 
 

@@ -158,10 +158,15 @@ def spectral_density(
         else:
             op = GGNOperator(model, loss_fn, batch, reduce)
         generator = make_generator(seed, op.params[0].device)
+        # All probes are drawn before any restart can consume the generator, so a probe does
+        # not depend on num_steps.
+        probes = [
+            torch.cat([_rademacher(p, generator).reshape(-1) for p in op.params])
+            for _ in range(num_probes)
+        ]
         nodes, weights = [], []
 
-        for _ in range(num_probes):
-            q = torch.cat([_rademacher(p, generator).reshape(-1) for p in op.params])
+        for q in probes:
             t = lanczos(lambda x: op.matvec_flat(x).detach(), q, num_steps, generator)
             theta, s = t.ritz()
             nodes.append(theta)

@@ -79,6 +79,16 @@ class ArrayDataModule(pl.LightningDataModule):
         self.train_set = Subset(dataset, order[n_val + n_test :].tolist())
         self.seed = seed
 
+    def replace_targets(self, y: torch.Tensor) -> None:
+        """Serve ``y`` as the targets from now on, keeping the split (e.g. add teacher outputs)."""
+        if len(y) != len(self.x):
+            raise ValueError(f"new targets have {len(y)} rows for {len(self.x)} inputs.")
+        self.y = y
+        dataset = TensorDataset(self.x, y)
+        self.train_set = Subset(dataset, self.train_set.indices)
+        self.val_set = Subset(dataset, self.val_set.indices)
+        self.test_set = Subset(dataset, self.test_set.indices)
+
     def per_process_batch_size(self, world_size: int) -> int:
         """The share of the global batch each of ``world_size`` processes loads."""
         if self.batch_size % world_size != 0:
@@ -96,8 +106,10 @@ class ArrayDataModule(pl.LightningDataModule):
             return 1, 0
         return trainer.world_size, trainer.global_rank
 
-    def _loader(self, subset: Subset, shuffle: bool) -> DataLoader:
-        world_size, rank = self._topology()
+    def _loader(
+        self, subset: Subset, shuffle: bool, topology: tuple[int, int] | None = None
+    ) -> DataLoader:
+        world_size, rank = topology or self._topology()
 
         # A DistributedSampler even for one process: its order depends only on (seed, epoch),
         # which Lightning sets each epoch, so a resumed run sees the same batches.
@@ -112,8 +124,10 @@ class ArrayDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+    def train_dataloader(self, topology: tuple[int, int] | None = None) -> DataLoader:
+        """Shuffled batches of this process's shard; ``topology`` is ``(world_size, rank)``,
+        taken from the attached trainer when not given."""
+        return self._loader(self.train_set, shuffle=True, topology=topology)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)

@@ -3,10 +3,10 @@
 No autograd here. With ``*`` the Hadamard (element-wise) product:
 
     delta_L = dL/dyhat * sigma_L'(z_L)
-    delta_l = (W_{l+1}^T delta_{l+1}) * sigma_l'(z_l)
-    dL/dW_l = delta_l a_{l-1}^T   (an outer product),   dL/db_l = delta_l
+    delta_k = (W_{k+1}^T delta_{k+1}) * sigma_k'(z_k)
+    dL/dW_k = delta_k a_{k-1}^T   (an outer product),   dL/db_k = delta_k
     dL/dx   = W_1^T delta_1                             (section 3.5.6)
-    J_l     = diag(sigma_l'(z_l)) W_l                   (section 3.4)
+    J_k     = diag(sigma_k'(z_k)) W_k                   (section 3.4)
     theta+  = theta - eta dL/dtheta                     (section 3.9.7)
 
 The activation derivatives are those of sections 2.8.2 and 3.5.2. The results carry the same
@@ -22,7 +22,7 @@ import torch
 
 from curvlab.guide.network import NetworkSpec, activation_symbol
 
-_Phi = Callable[[torch.Tensor, float], torch.Tensor]
+_Activation = Callable[[torch.Tensor, float], torch.Tensor]
 
 
 def _gelu(z: torch.Tensor) -> torch.Tensor:
@@ -38,7 +38,7 @@ def _gelu_prime(z: torch.Tensor) -> torch.Tensor:
 
 
 #: sigma(z), given z and the leaky slope.
-ACTIVATION: dict[str, _Phi] = {
+ACTIVATION: dict[str, _Activation] = {
     "sigmoid": lambda z, s: 1.0 / (1.0 + torch.exp(-z)),
     "tanh": lambda z, s: torch.tanh(z),
     "relu": lambda z, s: torch.where(z > 0, z, torch.zeros_like(z)),
@@ -108,12 +108,12 @@ def delta_rule_trace(spec: NetworkSpec) -> dict[str, torch.Tensor]:
 
     Returns:
         The quantities under the symbols of :func:`curvlab.guide.network.autograd_trace`
-        (all derived ones; the inputs x, y, W_l and b_l are not repeated).
+        (all derived ones; the inputs x, y, W_k and b_k are not repeated).
     """
     n_layers, s = spec.n_layers, spec.negative_slope
     values: dict[str, torch.Tensor] = {}
 
-    # Forward pass (eqs. 2.1-2.3): keep every z_l and a_l, which the backward pass reuses.
+    # Forward pass (eqs. 2.1-2.3): keep every z_k and a_k, which the backward pass reuses.
     z_list, a_list = [], [spec.x]
     for W, b, act in zip(spec.W, spec.b, spec.activations, strict=True):
         z = W @ a_list[-1] + b
@@ -127,24 +127,24 @@ def delta_rule_trace(spec: NetworkSpec) -> dict[str, torch.Tensor]:
         for act, z, a in zip(spec.activations, z_list, a_list[1:], strict=True)
     ]
 
-    # Backward pass: delta_L from the loss, then delta_l = (W_{l+1}^T delta_{l+1}) * sigma'.
+    # Backward pass: delta_L from the loss, then delta_k = (W_{k+1}^T delta_{k+1}) * sigma'.
     dL_da = LOSS_PRIME[spec.loss](yhat, spec.y)
-    for l in range(n_layers, 0, -1):
-        i = l - 1
-        values[activation_symbol(l, n_layers)] = a_list[l]
-        values[f"dL/d{activation_symbol(l, n_layers)}"] = dL_da
-        values[f"z_{l}"] = z_list[i]
-        values[f"act'(z_{l})"] = sigma_prime[i]
+    for k in range(n_layers, 0, -1):
+        i = k - 1
+        values[activation_symbol(k, n_layers)] = a_list[k]
+        values[f"dL/d{activation_symbol(k, n_layers)}"] = dL_da
+        values[f"z_{k}"] = z_list[i]
+        values[f"act'(z_{k})"] = sigma_prime[i]
         delta = dL_da * sigma_prime[i]
-        values[f"delta_{l}"] = delta
-        values[f"J_{l}"] = torch.diag(sigma_prime[i]) @ spec.W[i]
-        values[f"dL/dW_{l}"] = torch.outer(delta, a_list[i])
-        values[f"dL/db_{l}"] = delta
+        values[f"delta_{k}"] = delta
+        values[f"J_{k}"] = torch.diag(sigma_prime[i]) @ spec.W[i]
+        values[f"dL/dW_{k}"] = torch.outer(delta, a_list[i])
+        values[f"dL/db_{k}"] = delta
         dL_da = spec.W[i].T @ delta
     values["dL/dx"] = dL_da
 
     if spec.lr is not None:
-        for l in range(1, n_layers + 1):
-            values[f"W_{l}+"] = spec.W[l - 1] - spec.lr * values[f"dL/dW_{l}"]
-            values[f"b_{l}+"] = spec.b[l - 1] - spec.lr * values[f"dL/db_{l}"]
+        for k in range(1, n_layers + 1):
+            values[f"W_{k}+"] = spec.W[k - 1] - spec.lr * values[f"dL/dW_{k}"]
+            values[f"b_{k}+"] = spec.b[k - 1] - spec.lr * values[f"dL/db_{k}"]
     return values

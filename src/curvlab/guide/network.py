@@ -1,14 +1,14 @@
 """A worked example's network, built as curvlab's MLP and differentiated by autograd.
 
-The guide's worked examples (sections 2.7, 2.8, 3.5 and 3.9) fix every weight by hand. Layer l
-computes z_l = W_l a_{l-1} + b_l and a_l = sigma_l(z_l) with a_0 = x and yhat = a_L. Shapes:
-W_l is (d_l, d_{l-1}), b_l, z_l, a_l and delta_l are (d_l,), for one sample (no batch axis).
+The guide's worked examples (sections 2.7, 2.8, 3.5 and 3.9) fix every weight by hand. Layer k
+computes z_k = W_k a_{k-1} + b_k and a_k = sigma_k(z_k) with a_0 = x and yhat = a_L. Shapes:
+W_k is (d_k, d_{k-1}), b_k, z_k, a_k and delta_k are (d_k,), for one sample (no batch axis).
 
 Every traced quantity is stored under a symbol shared with :mod:`curvlab.guide.delta_rule`, so
-the two computations can be compared key by key: ``x``, ``y``, ``W_l``, ``b_l``, ``z_l``,
-``a_l`` (``yhat`` for the last layer), ``L``, ``dL/dyhat``, ``act'(z_l)``, ``delta_l``, ``J_l``,
-``dL/dW_l``, ``dL/db_l``, ``dL/da_l`` (``dL/dx`` for the input) and, after one gradient-descent
-step, ``W_l+`` and ``b_l+``.
+the two computations can be compared key by key: ``x``, ``y``, ``W_k``, ``b_k``, ``z_k``,
+``a_k`` (``yhat`` for the last layer), ``L``, ``dL/dyhat``, ``act'(z_k)``, ``delta_k``, ``J_k``,
+``dL/dW_k``, ``dL/db_k``, ``dL/da_k`` (``dL/dx`` for the input) and, after one gradient-descent
+step, ``W_k+`` and ``b_k+``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 
 
 def activation_symbol(layer: int, n_layers: int) -> str:
-    """Name of a_layer: ``x`` for the input, ``yhat`` for the output, ``a_l`` otherwise."""
+    """Name of a_layer: ``x`` for the input, ``yhat`` for the output, ``a_k`` otherwise."""
     if layer == 0:
         return "x"
     return "yhat" if layer == n_layers else f"a_{layer}"
@@ -45,9 +45,11 @@ def activation_symbol(layer: int, n_layers: int) -> str:
 def _as_matrix(value: Any, name: str) -> torch.Tensor:
     W = torch.as_tensor(value, dtype=torch.float64)
     if W.dim() > 2:
-        raise ValueError(f"{name} must be a number, a row or a matrix; got shape {tuple(W.shape)}.")
+        raise ValueError(
+            f"{name} must be a number, a row or a matrix; got shape {tuple(W.shape)}."
+        )
 
-    # A bare number is a 1x1 layer and a flat list is one row, as the guide writes W_3 = (1.4 -0.8).
+    # A number is a 1x1 layer; a flat list is one row, as the guide writes W_3 = (1.4  -0.8).
     return W.reshape(1, -1) if W.dim() < 2 else W
 
 
@@ -63,8 +65,8 @@ class NetworkSpec:
     """One worked example: weights, activations, one sample, a loss and a learning rate.
 
     Args:
-        W: one weight matrix per layer, W_l of shape (d_l, d_{l-1}).
-        b: one bias vector per layer, b_l of shape (d_l,).
+        W: one weight matrix per layer, W_k of shape (d_k, d_{k-1}).
+        b: one bias vector per layer, b_k of shape (d_k,).
         activations: one name per layer from :data:`ELEMENTWISE_ACTIVATIONS`.
         x: the input a_0, shape (d_0,).
         y: the target, shape (d_L,).
@@ -102,16 +104,16 @@ class NetworkSpec:
             raise ValueError(f"example.loss: {self.loss!r} is not one of {', '.join(LOSSES)}.")
 
         d_prev = self.x.numel()
-        for l, (W, b) in enumerate(zip(self.W, self.b, strict=True), start=1):
+        for k, (W, b) in enumerate(zip(self.W, self.b, strict=True), start=1):
             if W.shape[1] != d_prev:
                 raise ValueError(
-                    f"example.W[{l - 1}] is {W.shape[0]}x{W.shape[1]}, so it needs a_{l - 1} of "
-                    f"{W.shape[1]} entries, but a_{l - 1} has {d_prev} (example.x has "
+                    f"example.W[{k - 1}] is {W.shape[0]}x{W.shape[1]}, so it needs a_{k - 1} of "
+                    f"{W.shape[1]} entries, but a_{k - 1} has {d_prev} (example.x has "
                     f"{self.x.numel()})."
                 )
             if b.numel() != W.shape[0]:
                 raise ValueError(
-                    f"example.b[{l - 1}] has {b.numel()} entries but W_{l} has {W.shape[0]} rows."
+                    f"example.b[{k - 1}] has {b.numel()} entries but W_{k} has {W.shape[0]} rows."
                 )
             d_prev = W.shape[0]
         if self.y.numel() != d_prev:
@@ -164,27 +166,25 @@ def build_mlp(spec: NetworkSpec) -> MLP:
     return model
 
 
-def autograd_trace(spec: NetworkSpec, model: MLP | None = None) -> dict[str, torch.Tensor]:
+def autograd_trace(spec: NetworkSpec) -> dict[str, torch.Tensor]:
     """Forward, backward and one SGD step through curvlab's MLP, all derivatives by autograd.
 
     Args:
-        spec: the worked example.
-        model: the network to walk through; built from ``spec`` when None. It is updated in
-            place when ``spec.lr`` is set.
+        spec: the worked example; a fresh float64 MLP is built from it.
 
     Returns:
         Every quantity under the symbols listed in this module's docstring.
     """
-    model = build_mlp(spec) if model is None else model
+    model = build_mlp(spec)
     n_layers = spec.n_layers
     values: dict[str, torch.Tensor] = {"x": spec.x.clone(), "y": spec.y.clone()}
 
-    # Walk the layers one by one (the same modules model.forward chains) to keep z_l and a_l.
+    # Walk the layers one by one (the same modules model.forward chains) to keep z_k and a_k.
     x = spec.x.clone().requires_grad_(True)
     a, z_list, a_list = x, [], [x]
-    for l, layer in enumerate(model.layers, start=1):
-        values[f"W_{l}"] = layer.linear.weight.detach().clone()
-        values[f"b_{l}"] = layer.linear.bias.detach().clone()
+    for k, layer in enumerate(model.layers, start=1):
+        values[f"W_{k}"] = layer.linear.weight.detach().clone()
+        values[f"b_{k}"] = layer.linear.bias.detach().clone()
         z = layer.linear(a)
         a = layer.activation(z)
         z.retain_grad()
@@ -205,27 +205,27 @@ def autograd_trace(spec: NetworkSpec, model: MLP | None = None) -> dict[str, tor
     loss.backward()
     values["L"] = loss.detach()
 
-    # One backward pass fills delta_l = dL/dz_l, dL/da_l and the parameter gradients.
-    for l, layer in enumerate(model.layers, start=1):
-        values[f"z_{l}"] = z_list[l - 1].detach()
-        values[activation_symbol(l, n_layers)] = a_list[l].detach()
-        values[f"dL/d{activation_symbol(l, n_layers)}"] = a_list[l].grad.detach()
-        values[f"delta_{l}"] = z_list[l - 1].grad.detach()
-        values[f"dL/dW_{l}"] = layer.linear.weight.grad.detach().clone()
-        values[f"dL/db_{l}"] = layer.linear.bias.grad.detach().clone()
+    # One backward pass fills delta_k = dL/dz_k, dL/da_k and the parameter gradients.
+    for k, layer in enumerate(model.layers, start=1):
+        values[f"z_{k}"] = z_list[k - 1].detach()
+        values[activation_symbol(k, n_layers)] = a_list[k].detach()
+        values[f"dL/d{activation_symbol(k, n_layers)}"] = a_list[k].grad.detach()
+        values[f"delta_{k}"] = z_list[k - 1].grad.detach()
+        values[f"dL/dW_{k}"] = layer.linear.weight.grad.detach().clone()
+        values[f"dL/db_{k}"] = layer.linear.bias.grad.detach().clone()
     values["dL/dx"] = x.grad.detach()
 
-    # Local derivatives and layer Jacobians J_l = da_l/da_{l-1}, each its own autograd call.
+    # Local derivatives and layer Jacobians J_k = da_k/da_{k-1}, each its own autograd call.
     jacobian = torch.autograd.functional.jacobian
-    for l, layer in enumerate(model.layers, start=1):
-        values[f"act'(z_{l})"] = jacobian(layer.activation, values[f"z_{l}"]).diagonal()
-        values[f"J_{l}"] = jacobian(layer, a_list[l - 1].detach())
+    for k, layer in enumerate(model.layers, start=1):
+        values[f"act'(z_{k})"] = jacobian(layer.activation, values[f"z_{k}"]).diagonal()
+        values[f"J_{k}"] = jacobian(layer, a_list[k - 1].detach())
 
     if spec.lr is not None:
         torch.optim.SGD(model.parameters(), lr=spec.lr).step()
-        for l, layer in enumerate(model.layers, start=1):
-            values[f"W_{l}+"] = layer.linear.weight.detach().clone()
-            values[f"b_{l}+"] = layer.linear.bias.detach().clone()
+        for k, layer in enumerate(model.layers, start=1):
+            values[f"W_{k}+"] = layer.linear.weight.detach().clone()
+            values[f"b_{k}+"] = layer.linear.bias.detach().clone()
 
     log.debug("autograd trace of a %d-layer network: L = %.6g", n_layers, float(values["L"]))
     return values

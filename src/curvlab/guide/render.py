@@ -75,7 +75,7 @@ def run_example(example: Mapping[str, Any]) -> Walkthrough:
 
     Args:
         example: ``kind`` (``network``, ``chain_rule`` or ``hvp``) and that kind's settings;
-            see the files of ``conf/example``.
+            see the files of ``curvlab/guide/conf/example``.
 
     Returns:
         The computed table.

@@ -4,9 +4,9 @@ Two layouts, both numbered step by step through the whole table:
 
 * ``chronological`` follows the guide's Tables 3.2 (``jacobians=False``) and 3.3
   (``jacobians=True``): the forward pass, every local derivative, then per layer the delta,
-  the layer Jacobian J_l, the parameter gradients and the propagation to the layer below.
+  the layer Jacobian J_k, the parameter gradients and the propagation to the layer below.
 * ``chain`` follows Tables 2.1-2.7: the forward pass lists each layer's weight and bias, and
-  the backward pass writes every local factor (dz_l/dW_l, dz_l/da_{l-1}, ...) before the
+  the backward pass writes every local factor (dz_k/dW_k, dz_k/da_{k-1}, ...) before the
   product it enters, noting which earlier steps it uses.
 
 Values come from autograd through curvlab's MLP (:mod:`curvlab.guide.network`); the same
@@ -73,21 +73,21 @@ class _Names:
 
     spec: NetworkSpec
 
-    def w(self, l: int) -> str:
-        return f"w_{l}" if self.spec.is_scalar else f"W_{l}"
+    def w(self, k: int) -> str:
+        return f"w_{k}" if self.spec.is_scalar else f"W_{k}"
 
-    def a(self, l: int) -> str:
-        return activation_symbol(l, self.spec.n_layers)
+    def a(self, k: int) -> str:
+        return activation_symbol(k, self.spec.n_layers)
 
     def T(self) -> str:
         return "" if self.spec.is_scalar else "^T"
 
-    def act(self, l: int) -> str:
-        return ACTIVATION_NAME[self.spec.activations[l - 1]]
+    def act(self, k: int) -> str:
+        return ACTIVATION_NAME[self.spec.activations[k - 1]]
 
-    def prime(self, l: int) -> str:
-        text = ACTIVATION_PRIME_TEXT[self.spec.activations[l - 1]]
-        return text.format(z=f"z_{l}", a=self.a(l))
+    def prime(self, k: int) -> str:
+        text = ACTIVATION_PRIME_TEXT[self.spec.activations[k - 1]]
+        return text.format(z=f"z_{k}", a=self.a(k))
 
     def loss(self) -> tuple[str, str]:
         scalar_text, vector_text, prime_text = LOSS_TEXT[self.spec.loss]
@@ -98,10 +98,10 @@ def _update_rows(t: _Table, spec: NetworkSpec, n: _Names) -> None:
     sec = "Gradient descent update (one step)"
     rule = f"theta+ = theta - eta dL/dtheta, eta = {spec.lr:g}"
     t.add(sec, "update", "Update rule", rule, None, "applied to all parameters")
-    for l in range(1, spec.n_layers + 1):
-        w = n.w(l)
-        t.add(sec, f"W_{l}+", f"{w}+", f"{w}+ = {w} - eta dL/d{w}", t.values[f"W_{l}+"])
-        t.add(sec, f"b_{l}+", f"b_{l}+", f"b_{l}+ = b_{l} - eta dL/db_{l}", t.values[f"b_{l}+"])
+    for k in range(1, spec.n_layers + 1):
+        w = n.w(k)
+        t.add(sec, f"W_{k}+", f"{w}+", f"{w}+ = {w} - eta dL/d{w}", t.values[f"W_{k}+"])
+        t.add(sec, f"b_{k}+", f"b_{k}+", f"b_{k}+ = b_{k} - eta dL/db_{k}", t.values[f"b_{k}+"])
 
 
 def chronological_rows(
@@ -113,44 +113,53 @@ def chronological_rows(
 
     sec = "Forward pass"
     t.add(sec, "x", "Input", "x", values["x"])
-    for l in range(1, L + 1):
-        z, a = f"z_{l}", n.a(l)
-        t.add(sec, z, f"Pre-act (L{l})", f"{z} = {n.w(l)} {n.a(l - 1)} + b_{l}", values[z])
-        quantity = "Output" if l == L else f"Act (L{l}, {n.act(l)})"
-        t.add(sec, a, quantity, f"{a} = {n.act(l)}({z})", values[a])
+    for k in range(1, L + 1):
+        z, a = f"z_{k}", n.a(k)
+        t.add(sec, z, f"Pre-act (L{k})", f"{z} = {n.w(k)} {n.a(k - 1)} + b_{k}", values[z])
+        quantity = "Output" if k == L else f"Act (L{k}, {n.act(k)})"
+        t.add(sec, a, quantity, f"{a} = {n.act(k)}({z})", values[a])
     t.add(sec, "L", "Loss", loss_text, values["L"])
 
     sec = "Local derivatives and Jacobians" if jacobians else "Local derivatives"
     expr = f"dL/dyhat = {loss_prime_text}"
     t.add(sec, "dL/dyhat", "Loss deriv.", expr, values["dL/dyhat"], "scalar loss derivative")
-    for l in range(L, 0, -1):
-        key = f"act'(z_{l})"
-        expr = f"{n.act(l)}'(z_{l}) = {n.prime(l)}"
-        t.add(sec, key, f"{n.act(l)} deriv.", expr, values[key], "local nonlinearity")
+    for k in range(L, 0, -1):
+        key = f"act'(z_{k})"
+        expr = f"{n.act(k)}'(z_{k}) = {n.prime(k)}"
+        t.add(sec, key, f"{n.act(k)} deriv.", expr, values[key], "local nonlinearity")
 
-    # Per layer, top down: delta_l, J_l, the gradients of W_l and b_l, then dL/da_{l-1}.
+    # Per layer, top down: delta_k, J_k, the gradients of W_k and b_k, then dL/da_{k-1}.
     sec = "Backward pass (vector-Jacobian products)" if jacobians else "Backward pass"
-    for l in range(L, 0, -1):
-        w, a_prev = n.w(l), n.a(l - 1)
-        expr = f"delta_{l} = dL/dz_{l} = dL/d{n.a(l)} * {n.act(l)}'(z_{l})"
-        t.add(sec, f"delta_{l}", f"Delta (L{l})", expr, values[f"delta_{l}"], "chain rule")
+    for k in range(L, 0, -1):
+        w, a_prev = n.w(k), n.a(k - 1)
+        expr = f"delta_{k} = dL/dz_{k} = dL/d{n.a(k)} * {n.act(k)}'(z_{k})"
+        t.add(sec, f"delta_{k}", f"Delta (L{k})", expr, values[f"delta_{k}"], "chain rule")
         if jacobians:
-            role = "output" if l == L else ("input" if l == 1 else "hidden")
-            diag = f"{n.act(l)}'(z_{l}) {w}" if spec.is_scalar else f"diag({n.act(l)}'(z_{l})) {w}"
-            expr = f"J_{l} = d{n.a(l)}/d{a_prev} = {diag}"
-            t.add(sec, f"J_{l}", f"J_{l}", expr, values[f"J_{l}"], f"{role} Jacobian")
-        via = f"via J_{l}"
-        expr = f"dL/d{w} = delta_{l} {a_prev}{n.T()}"
-        t.add(sec, f"dL/dW_{l}", f"Grad {w}", expr, values[f"dL/dW_{l}"], via)
-        t.add(sec, f"dL/db_{l}", f"Grad b_{l}", f"dL/db_{l} = delta_{l}", values[f"dL/db_{l}"], via)
-        if l > 1 or input_grad:
+            role = "output" if k == L else ("input" if k == 1 else "hidden")
+            diag = f"{n.act(k)}'(z_{k}) {w}" if spec.is_scalar else f"diag({n.act(k)}'(z_{k})) {w}"
+            expr = f"J_{k} = d{n.a(k)}/d{a_prev} = {diag}"
+            t.add(sec, f"J_{k}", f"J_{k}", expr, values[f"J_{k}"], f"{role} Jacobian")
+        via = f"via J_{k}"
+        expr = f"dL/d{w} = delta_{k} {a_prev}{n.T()}"
+        t.add(sec, f"dL/dW_{k}", f"Grad {w}", expr, values[f"dL/dW_{k}"], via)
+        t.add(
+            sec, f"dL/db_{k}", f"Grad b_{k}", f"dL/db_{k} = delta_{k}", values[f"dL/db_{k}"], via
+        )
+        if k > 1 or input_grad:
             if jacobians:
-                upstream = f"dL/d{n.a(l)}"
-                vjp = f"{upstream} J_{l}" if spec.is_scalar else f"J_{l}^T {upstream}"
+                upstream = f"dL/d{n.a(k)}"
+                vjp = f"{upstream} J_{k}" if spec.is_scalar else f"J_{k}^T {upstream}"
             else:
-                vjp = f"delta_{l} {w}" if spec.is_scalar else f"{w}^T delta_{l}"
+                vjp = f"delta_{k} {w}" if spec.is_scalar else f"{w}^T delta_{k}"
             key = f"dL/d{a_prev}"
-            t.add(sec, key, f"Prop to {a_prev}", f"{key} = {vjp}", values[key], "vector-Jacobian product")
+            t.add(
+                sec,
+                key,
+                f"Prop to {a_prev}",
+                f"{key} = {vjp}",
+                values[key],
+                "vector-Jacobian product",
+            )
 
     if spec.lr is not None:
         _update_rows(t, spec, n)
@@ -164,42 +173,44 @@ def chain_rows(spec: NetworkSpec, values: dict[str, torch.Tensor], input_grad: b
 
     sec = "Forward pass"
     t.add(sec, "x", "Input", "x", values["x"])
-    for l in range(1, L + 1):
-        z, a, w = f"z_{l}", n.a(l), n.w(l)
-        t.add(sec, f"W_{l}", f"Layer {l} weight", w, values[f"W_{l}"])
-        t.add(sec, f"b_{l}", f"Layer {l} bias", f"b_{l}", values[f"b_{l}"])
-        t.add(sec, z, f"Pre-activation (L{l})", f"{z} = {w} {n.a(l - 1)} + b_{l}", values[z])
-        quantity = f"Output activation ({n.act(l)})" if l == L else f"Activation (L{l}, {n.act(l)})"
-        t.add(sec, a, quantity, f"{a} = {n.act(l)}({z})", values[a])
+    for k in range(1, L + 1):
+        z, a, w = f"z_{k}", n.a(k), n.w(k)
+        t.add(sec, f"W_{k}", f"Layer {k} weight", w, values[f"W_{k}"])
+        t.add(sec, f"b_{k}", f"Layer {k} bias", f"b_{k}", values[f"b_{k}"])
+        t.add(sec, z, f"Pre-activation (L{k})", f"{z} = {w} {n.a(k - 1)} + b_{k}", values[z])
+        quantity = (
+            f"Output activation ({n.act(k)})" if k == L else f"Activation (L{k}, {n.act(k)})"
+        )
+        t.add(sec, a, quantity, f"{a} = {n.act(k)}({z})", values[a])
     t.add(sec, "y", "Target", "y", values["y"])
     t.add(sec, "L", "Loss", loss_text, values["L"])
 
     one = torch.tensor(1.0, dtype=torch.float64)
-    for l in range(L, 0, -1):
-        sec = f"Backpropagation through layer {l} ({n.act(l)})"
-        z, a, a_prev, w = f"z_{l}", n.a(l), n.a(l - 1), n.w(l)
-        if l == L:
+    for k in range(L, 0, -1):
+        sec = f"Backpropagation through layer {k} ({n.act(k)})"
+        z, a, a_prev, w = f"z_{k}", n.a(k), n.a(k - 1), n.w(k)
+        if k == L:
             note = "forward " + t.from_steps("yhat", "y")
             t.add(sec, "dL/dyhat", "dL/dyhat", loss_prime_text, values["dL/dyhat"], note)
         note = "forward " + t.from_steps(a)
-        t.add(sec, f"act'({z})", f"d{a}/d{z}", n.prime(l), values[f"act'({z})"], note)
+        t.add(sec, f"act'({z})", f"d{a}/d{z}", n.prime(k), values[f"act'({z})"], note)
         note = t.from_steps(f"dL/d{a}", f"act'({z})")
-        t.add(sec, f"delta_{l}", f"dL/d{z}", f"dL/d{a} * d{a}/d{z}", values[f"delta_{l}"], note)
+        t.add(sec, f"delta_{k}", f"dL/d{z}", f"dL/d{a} * d{a}/d{z}", values[f"delta_{k}"], note)
 
-        # The affine map's local factors: a_{l-1} for W_l, 1 for b_l, W_l for a_{l-1}.
+        # The affine map's local factors: a_{k-1} for W_k, 1 for b_k, W_k for a_{k-1}.
         note = "forward " + t.from_steps(a_prev)
-        t.add(sec, f"d{z}/dW_{l}", f"d{z}/d{w}", f"{a_prev}{n.T()}", values[a_prev], note)
-        note = t.from_steps(f"delta_{l}", f"d{z}/dW_{l}")
+        t.add(sec, f"d{z}/dW_{k}", f"d{z}/d{w}", f"{a_prev}{n.T()}", values[a_prev], note)
+        note = t.from_steps(f"delta_{k}", f"d{z}/dW_{k}")
         expr = f"dL/d{z} {a_prev}{n.T()}"
-        t.add(sec, f"dL/dW_{l}", f"dL/d{w}", expr, values[f"dL/dW_{l}"], note)
-        t.add(sec, f"d{z}/db_{l}", f"d{z}/db_{l}", "1", one, "affine layer definition")
-        note = t.from_steps(f"delta_{l}", f"d{z}/db_{l}")
-        t.add(sec, f"dL/db_{l}", f"dL/db_{l}", f"dL/d{z}", values[f"dL/db_{l}"], note)
-        if l > 1 or input_grad:
-            note = "forward " + t.from_steps(f"W_{l}")
-            t.add(sec, f"d{z}/d{a_prev}", f"d{z}/d{a_prev}", w, values[f"W_{l}"], note)
+        t.add(sec, f"dL/dW_{k}", f"dL/d{w}", expr, values[f"dL/dW_{k}"], note)
+        t.add(sec, f"d{z}/db_{k}", f"d{z}/db_{k}", "1", one, "affine layer definition")
+        note = t.from_steps(f"delta_{k}", f"d{z}/db_{k}")
+        t.add(sec, f"dL/db_{k}", f"dL/db_{k}", f"dL/d{z}", values[f"dL/db_{k}"], note)
+        if k > 1 or input_grad:
+            note = "forward " + t.from_steps(f"W_{k}")
+            t.add(sec, f"d{z}/d{a_prev}", f"d{z}/d{a_prev}", w, values[f"W_{k}"], note)
             expr = f"dL/d{z} {w}" if spec.is_scalar else f"{w}^T dL/d{z}"
-            note = t.from_steps(f"delta_{l}", f"d{z}/d{a_prev}")
+            note = t.from_steps(f"delta_{k}", f"d{z}/d{a_prev}")
             t.add(sec, f"dL/d{a_prev}", f"dL/d{a_prev}", expr, values[f"dL/d{a_prev}"], note)
 
     if spec.lr is not None:
@@ -219,7 +230,7 @@ def walk(
     Args:
         spec: the network, sample, loss and learning rate.
         layout: ``chronological`` (Tables 3.2-3.3) or ``chain`` (Tables 2.1-2.7).
-        jacobians: in the chronological layout, add the rows J_l of Table 3.3.
+        jacobians: in the chronological layout, add the rows J_k of Table 3.3.
         input_grad: add the gradient with respect to the input, dL/dx (sections 3.5-3.6).
         title: a heading for the table.
 

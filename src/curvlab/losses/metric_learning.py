@@ -55,7 +55,8 @@ class BatchTripletLoss(nn.Module):
     - ``batch_all``: every valid triplet of the batch; the loss is the mean over triplets that
       still violate the margin (those with ``L > 0``), so finished triplets do not dilute it.
 
-    A batch without any valid triplet (one class, or all singletons) gives 0.
+    A batch without any valid triplet (one class, or all singletons) gives 0. ``batch_all``
+    holds a ``(B, B, B)`` tensor of triplet losses, so it suits batches of a few hundred.
 
     Args:
         margin: required gap between positive and negative distances.
@@ -77,6 +78,7 @@ class BatchTripletLoss(nn.Module):
         """Mined triplet loss of ``(B, D)`` embeddings with ``(B,)`` labels."""
         if self.normalize:
             embeddings = F.normalize(embeddings, dim=-1)
+
         d = pairwise_distances(embeddings)  # (B, B)
         same, different = label_masks(labels)
 

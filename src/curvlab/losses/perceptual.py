@@ -66,7 +66,7 @@ def load_feature_network(
 
     model = instantiate(model_config, input_shape=input_shape, num_outputs=num_outputs)
 
-    # the LightningModule holds the network as `self.model`; other keys (loss, metrics) are not
+    # the LightningModule keeps the network as `self.model`; its other keys (loss...) are skipped
     prefix = "model."
     model.load_state_dict(
         {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}

@@ -4,7 +4,8 @@ Predictions are ``(B, C, *spatial)``; a binary mask has ``C = 1``. The target de
 logits become probabilities:
 
 - same shape as the prediction (0/1 masks): sigmoid per element (binary or multi-label);
-- ``(B, *spatial)`` integer class indices: softmax over ``C`` and a one-hot target.
+- ``(B, *spatial)`` integer class indices: softmax over ``C`` and a one-hot target; with
+  ``C = 1`` they are read as a 0/1 mask instead (a softmax over one class is always 1).
 
 With soft probabilities ``p`` and target ``g`` the set sizes become sums: ``|A ∩ B| = sum p g``,
 ``|A| = sum p``, ``|B| = sum g``, taken over the spatial dims (and the batch, unless
@@ -18,6 +19,13 @@ from torch import nn
 from torch.nn import functional as F
 
 
+def binary_mask_channel(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Give a ``(B, *spatial)`` target of a one-channel prediction its channel dim."""
+    if prediction.dim() >= 3 and prediction.shape[1] == 1 and target.dim() == prediction.dim() - 1:
+        return target.unsqueeze(1)
+    return target
+
+
 def probabilities_and_masks(
     prediction: torch.Tensor, target: torch.Tensor, from_logits: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,6 +35,7 @@ def probabilities_and_masks(
             f"segmentation losses need predictions of shape (B, C, *spatial), got "
             f"{tuple(prediction.shape)}; give a binary mask one channel, (B, 1, H, W)."
         )
+    target = binary_mask_channel(prediction, target)
 
     if target.shape == prediction.shape:
         p = torch.sigmoid(prediction) if from_logits else prediction
@@ -63,7 +72,9 @@ def safe_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tens
 
 
 class _OverlapLoss(nn.Module):
-    def __init__(self, smooth: float = 1.0, from_logits: bool = True, per_image: bool = False):
+    def __init__(
+        self, smooth: float = 1.0, from_logits: bool = True, per_image: bool = False
+    ) -> None:
         super().__init__()
         if smooth < 0:
             raise ValueError(f"loss.smooth={smooth} must be >= 0.")
@@ -152,6 +163,7 @@ class DiceBCELoss(nn.Module):
         # Dice first: it checks the shapes and names the two accepted target layouts
         dice = self.dice(logits, target)
 
+        target = binary_mask_channel(logits, target)
         if target.shape == logits.shape:
             ce = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
         else:

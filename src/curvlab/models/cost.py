@@ -171,11 +171,11 @@ def vit_cost(
     pass, under these assumptions: dropout is off (``drop_rate=0``; a positive rate adds one
     mask per dropout site), every saved tensor is stored at ``bytes_per_element`` of the
     precision, and parameters, gradients, optimizer state and the loss are not included. For
-    ``attention="math"`` it matches what the model saves element for element; for ``sdpa`` it
-    follows PyTorch's CPU flash kernel (q, k, v, output and h log-sum-exps per token); GPU
-    kernels save about the same. Under mixed precision autocast keeps the residual stream,
-    norm statistics and (on GPU) the softmax in float32 and saves 16-bit weight copies, so the
-    16-bit figure is a lower bound there.
+    ``attention="math"`` it matches, byte for byte on CPU, what the model saves; for ``sdpa``
+    it follows PyTorch's CPU flash kernel (q, k, v, its output and h log-sum-exps per token),
+    and the GPU kernels, which save much the same, have not been measured. Under mixed
+    precision autocast keeps the residual stream and norm statistics (and on GPU the softmax)
+    in float32 and saves 16-bit copies of the weights, so there the figure is a lower bound.
 
     Args:
         height: H, image height in pixels.
@@ -232,6 +232,8 @@ def vit_cost(
     flops_qkv_proj = L * (2 * N * D * 3 * D + 2 * N * D * D)
     flops_projections = flops_patch + flops_qkv_proj + 2 * D * K
 
+    # TODO(mixed-precision): count autocast's float32 tensors and weight copies; until then
+    # 16-mixed and bf16-mixed activation bytes are a lower bound (1.2x-2x low on CPU).
     elements = _activation_elements(C, H, W, N, D, h, L, D_mlp, K, class_token, attention)
     nbytes = bytes_per_element(precision)
     return ViTCost(
@@ -266,7 +268,16 @@ def attention_impl(model: nn.Module) -> str:
 
 
 def cost_of(model: ViT, batch_size: int = 1, precision: str | int = "32-true") -> ViTCost:
-    """The cost model for a built :class:`~curvlab.models.ViT`, read from its settings."""
+    """The cost model for a built :class:`~curvlab.models.ViT`, read from its settings.
+
+    Args:
+        model: the ViT; its attention blocks decide between ``math`` and ``sdpa``.
+        batch_size: B for the activation memory.
+        precision: Lightning's ``trainer.precision``.
+
+    Returns:
+        The closed-form figures; compare ``params`` with :func:`count_parameters`.
+    """
     C, H, W = model.input_shape
     return vit_cost(
         height=H,

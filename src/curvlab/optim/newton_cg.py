@@ -172,7 +172,7 @@ class NewtonCG(torch.optim.Optimizer):
         model: nn.Module,
         loss_fn: LossFn,
         lr: float = 1.0,
-        damping: float = 1.0,
+        damping: float = 0.1,
         curvature: Literal["ggn", "hessian"] = "ggn",
         max_cg_iter: int = 50,
         cg_tol: float = 1e-6,

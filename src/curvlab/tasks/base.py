@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 from torchmetrics import MetricCollection
 
 
@@ -36,6 +37,14 @@ class Task(ABC):
     @abstractmethod
     def metrics(self) -> MetricCollection:
         """Fresh metrics, updated with ``update_metrics`` and computed per epoch."""
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        """The network the run trains: ``model`` itself, or ``model`` under a task head.
+
+        Called once when the run is built, before the Lightning module exists, so checkpoints
+        hold the wrapped network's weights and rebuilding the run rebuilds the same keys.
+        """
+        return model
 
     def compute_loss(
         self, loss_fn: Callable[..., torch.Tensor], outputs: torch.Tensor, targets: torch.Tensor

@@ -64,15 +64,17 @@ def build_parts(
     """
     datamodule = _instantiate(cfg.data, "data", seed=cfg.seed)
     task = _instantiate(cfg.task, "task")
-    num_outputs = task.setup(datamodule)
     try:
         task.check_loss(loss_name)
+        num_outputs = task.setup(datamodule)
     except ValueError as err:
         raise ConfigError(str(err)) from err
 
     model = _instantiate(
         cfg.model, "model", input_shape=datamodule.input_shape, num_outputs=num_outputs
     )
+    # The task may put a head on the network (a mask decoder); checkpoints hold the result.
+    model = task.wrap_model(model)
     loss_fn = _instantiate(cfg.loss, "loss")
     optimizer = _instantiate(cfg.optimizer, "optimizer")
     scheduler_cfg = _optional(cfg.get("scheduler"))

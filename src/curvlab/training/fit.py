@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_info
 
+from curvlab.launch import lightning_topology
 from curvlab.models import ViT
+from curvlab.models.cost import vit_cost_params
 from curvlab.tracking.mlflow_run import (
     log_checkpoint,
     log_params,
@@ -27,6 +29,12 @@ def train(cfg: DictConfig, loss_name: str | None, overrides: list[str]) -> float
     """Fit the configured run and return its final validation loss (for sweepers)."""
     pl.seed_everything(cfg.seed, workers=True)
 
+    # Under torchrun the process layout is torchrun's: the user never sets it twice.
+    topology = lightning_topology()
+    if topology is not None:
+        with open_dict(cfg):
+            cfg.trainer.devices, cfg.trainer.num_nodes = topology
+
     # Everything that can be refused is checked before an MLflow run exists.
     try:
         ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.log_dir)
@@ -42,8 +50,6 @@ def train(cfg: DictConfig, loss_name: str | None, overrides: list[str]) -> float
 
     record_run_setup(logger, cfg, overrides, resumed=run_id is not None)
     if isinstance(parts.model, ViT) and run_id is None:
-        from curvlab.models.cost import vit_cost_params
-
         log_params(
             logger, vit_cost_params(parts.model, cfg.data.batch_size, cfg.trainer.precision)
         )

@@ -1,0 +1,130 @@
+"""Curvature benchmarks: what a Hessian-vector product costs next to a gradient.
+
+Each measurement is a function ``(args) -> list[Row]`` registered in ``MEASUREMENTS``; all of
+them run in one process and time their candidates interleaved, so the ratios compare like with
+like on a shared machine. Run from the repository root:
+
+    .venv/bin/python benchmarks/curvature.py                 # every measurement
+    .venv/bin/python benchmarks/curvature.py hvp_ratio --repeats 9
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from curvlab.curvature import HessianOperator, hvp, measurement_mode
+from curvlab.models import MLP, ViT
+
+
+@dataclass
+class Row:
+    """One line of the results table: a model, a quantity and its ratio to the baseline."""
+
+    model: str
+    quantity: str
+    ms: float
+    ratio: float
+
+
+@dataclass
+class Case:
+    name: str
+    model: nn.Module
+    batch: tuple[Tensor, Tensor]
+
+
+def cases() -> list[Case]:
+    """The models curvlab trains, at the configs' sizes and at a CIFAR-like size."""
+    torch.manual_seed(0)
+    digits = (torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,)))
+    cifar = (torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,)))
+    vit_small = dict(patch_size=4, embed_dim=192, depth=6, num_heads=3, attention="math")
+    return [
+        Case("mlp 64-128-64-10 (conf/model/mlp), B=64", MLP((1, 8, 8), 10), digits),
+        Case("mlp 3072-512-256-10, B=64", MLP((3, 32, 32), 10, hidden=[512, 256]), cifar),
+        Case(
+            "vit D64 L4 h4 P2 (conf/model/vit), B=64", ViT((1, 8, 8), 10, attention="math"), digits
+        ),
+        Case("vit D192 L6 h3 P4 on 32x32, B=64", ViT((3, 32, 32), 10, **vit_small), cifar),
+    ]
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def hvp_vs_gradient(args: argparse.Namespace) -> list[Row]:
+    """Median time of one HVP (full: forward, backward, second backward) over one gradient.
+
+    Also the cost of a further product at the same theta (Lanczos, CG, Hutchinson), which
+    reuses the graph of g and so needs only the second backward pass.
+    """
+    loss_fn = nn.CrossEntropyLoss()
+    rows = []
+    for case in cases():
+        model, (x, y) = case.model, case.batch
+        params = [p for p in model.parameters() if p.requires_grad]
+        v = [torch.randn_like(p) for p in params]
+        with measurement_mode(model):
+            operator = HessianOperator(model, loss_fn, (x, y), method="reverse")
+
+        candidates: dict[str, Callable[[], object]] = {
+            "gradient": lambda: torch.autograd.grad(loss_fn(model(x), y), params),
+            "hvp reverse": lambda: hvp(model, loss_fn, (x, y), v, method="reverse"),
+            "hvp forward": lambda: hvp(model, loss_fn, (x, y), v, method="forward"),
+            "hvp auto": lambda: hvp(model, loss_fn, (x, y), v, method="auto"),
+            "further product": lambda: operator.matvec(v),
+        }
+        times: dict[str, list[float]] = {name: [] for name in candidates}
+        for name, fn in candidates.items():
+            fn()  # warm-up; "auto" also times both methods here, once per model
+        for _ in range(args.repeats):
+            for name, fn in candidates.items():
+                times[name].append(_timed(fn))
+
+        base = statistics.median(times["gradient"])
+        for name, samples in times.items():
+            ms = statistics.median(samples)
+            rows.append(Row(case.name, name, 1e3 * ms, ms / base))
+    return rows
+
+
+MEASUREMENTS: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
+    "hvp_ratio": hvp_vs_gradient,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", choices=[*MEASUREMENTS, []], help="default: all")
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds per candidate")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"load average {os.getloadavg()[0]:.1f}, repeats {args.repeats}\n"
+    )
+    for name in args.names or MEASUREMENTS:
+        print(
+            f"## {name}\n\n| model | quantity | median ms | x gradient |\n| --- | --- | --- | --- |"
+        )
+        for row in MEASUREMENTS[name](args):
+            print(f"| {row.model} | {row.quantity} | {row.ms:.1f} | {row.ratio:.2f} |")
+        print()
+
+
+if __name__ == "__main__":
+    main()

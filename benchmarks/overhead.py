@@ -1,0 +1,130 @@
+"""What curvlab's stack costs per optimizer step, against a plain PyTorch loop.
+
+Both sides train the same model from the same initial weights on the same batches in this
+process: curvlab through Lightning with MLflow logging (an embedded store in a temporary
+directory), checkpoint callback and progress bar at their default settings; the baseline as a
+bare ``for x, y in loader: loss.backward(); optimizer.step()`` loop. Steps after a warm-up are
+timed, and the script prints steps per second, their ratio, and the fixed overhead per step.
+
+    .venv/bin/python benchmarks/overhead.py                 # MLP and small ViT
+    .venv/bin/python benchmarks/overhead.py --models vit --steps 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from pytorch_lightning.loggers import MLFlowLogger
+
+from curvlab.config import CONFIG_DIR
+from curvlab.training.build import build_parts, build_trainer
+
+MODELS = {
+    "mlp": ["model=mlp"],
+    "vit": ["model=vit", "model.embed_dim=64", "model.depth=4", "model.num_heads=4"],
+}
+
+
+class StepTimer(pl.Callback):
+    """Times optimizer steps ``warmup`` to the end of fitting."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.start = 0.0
+        self.elapsed = 0.0
+        self.steps = 0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer: pl.Trainer, *args: object) -> None:
+        self.elapsed = time.perf_counter() - self.start
+        self.steps = trainer.global_step - self.warmup
+
+
+def compose_run(model: str, workdir: Path):
+    overrides = [*MODELS[model], f"paths.output_dir={workdir}", "data.batch_size=64"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def time_curvlab(model: str, steps: int, warmup: int, workdir: Path) -> tuple[float, dict]:
+    cfg = compose_run(model, workdir)
+    pl.seed_everything(0, workers=True)
+    parts = build_parts(cfg, "ce")
+    initial = copy.deepcopy(parts.model.state_dict())
+    logger = MLFlowLogger(experiment_name="overhead", tracking_uri=f"sqlite:///{workdir}/m.db")
+    timer = StepTimer(warmup)
+    trainer = build_trainer(cfg, logger, max_steps=warmup + steps, max_epochs=-1)
+    trainer.callbacks.append(timer)
+
+    # Validation is work of its own, not per-step overhead; both sides skip it.
+    trainer.limit_val_batches = 0
+    trainer.num_sanity_val_steps = 0
+    trainer.fit(parts.module, datamodule=parts.datamodule)
+    return timer.steps / timer.elapsed, initial
+
+
+def time_plain(model: str, steps: int, warmup: int, workdir: Path, initial: dict) -> float:
+    cfg = compose_run(model, workdir)
+    parts = build_parts(cfg, "ce")
+    net = parts.model
+    net.load_state_dict(initial)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.optimizer.lr)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    loader = parts.datamodule.train_dataloader(topology=(1, 0))
+
+    step, epoch, start = 0, 0, 0.0
+    while step < warmup + steps:
+        loader.sampler.set_epoch(epoch)
+        for x, y in loader:
+            if step == warmup:
+                start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(net(x), y).backward()
+            optimizer.step()
+            step += 1
+            if step == warmup + steps:
+                break
+        epoch += 1
+    return steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["mlp", "vit"], choices=sorted(MODELS))
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per side")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed steps first")
+    parser.add_argument("--repeats", type=int, default=3, help="best of this many timings")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+
+    print(f"{'model':6} {'curvlab steps/s':>16} {'plain steps/s':>14} {'ratio':>7}", end="")
+    print(f" {'overhead us/step':>17}")
+    for model in args.models:
+        steps = args.steps or (600 if model == "mlp" else 150)
+        best_curvlab, best_plain = 0.0, 0.0
+        for _ in range(args.repeats):
+            with tempfile.TemporaryDirectory() as tmp:
+                rate, initial = time_curvlab(model, steps, args.warmup, Path(tmp))
+                best_curvlab = max(best_curvlab, rate)
+                best_plain = max(
+                    best_plain, time_plain(model, steps, args.warmup, Path(tmp), initial)
+                )
+        overhead_us = (1 / best_curvlab - 1 / best_plain) * 1e6
+        print(
+            f"{model:6} {best_curvlab:16.1f} {best_plain:14.1f} "
+            f"{best_curvlab / best_plain:7.3f} {overhead_us:17.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
