@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -111,13 +112,15 @@ def main() -> None:
     adamw = median["torch AdamW foreach=False"]
     fused = median.get("torch AdamW fused=True")
     log.info(
-        "%d tensors, %.2fM parameters, device %s, %d threads, %d rounds x %d steps",
+        "%d tensors, %.2fM parameters, device %s, %d threads, %d rounds x %d steps, "
+        "load average %.1f over the last minute",
         len(shapes),
         numel / 1e6,
         device,
         torch.get_num_threads(),
         args.rounds,
         args.steps,
+        os.getloadavg()[0],
     )
     log.info("%-30s %9s %11s %10s", "optimizer", "ms/step", "x AdamW", "x fused")
     for name, t in median.items():

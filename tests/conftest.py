@@ -20,11 +20,20 @@ QUICK = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false"]
 
 
 def run_cli(
-    module: str, args: list[str], cwd: Path, timeout: float = 600, check: bool = True
+    module: str,
+    args: list[str],
+    cwd: Path,
+    timeout: float = 600,
+    check: bool = True,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m <module> <args>`` in ``cwd`` with a clean tracking environment."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["PYTHONUNBUFFERED"] = "1"
+    """Run ``python -m <module> <args>`` in ``cwd`` with a clean tracking environment.
+
+    ``env`` is added after the caller's ``MLFLOW_*`` variables are dropped (e.g. a server's URI
+    and credentials).
+    """
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env = {**base, **(env or {}), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,

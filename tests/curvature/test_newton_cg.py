@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import inspect
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,7 +92,7 @@ def test_convex_softmax_regression_converges_in_20_steps(curvature: str) -> None
     def objective_and_gap_bound(m: nn.Module) -> tuple[float, float]:
         f = loss_fn(m(x), y) + 0.5 * mu * sum(p.pow(2).sum() for p in m.parameters())
         g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(f, list(m.parameters()))])
-        return float(f), float(g @ g) / (2 * mu)
+        return float(f.detach()), float(g @ g) / (2 * mu)
 
     opt = NewtonCG(model.parameters(), model=model, loss_fn=loss_fn, weight_decay=mu)
     opt.set_batch((x, y))
@@ -169,3 +171,20 @@ def test_contract_errors() -> None:
     opt = NewtonCG(model.parameters(), model=model, loss_fn=nn.MSELoss())
     with pytest.raises(ValueError, match="set_batch"):
         opt.step(lambda: torch.zeros(()))
+
+
+def test_config_defaults_match_the_class() -> None:
+    """conf/optimizer/newton_cg.yaml instantiates NewtonCG and repeats its defaults."""
+    instantiate = pytest.importorskip("hydra.utils").instantiate
+    omegaconf = pytest.importorskip("omegaconf")
+    path = Path(__file__).parents[2] / "conf" / "optimizer" / "newton_cg.yaml"
+    cfg = omegaconf.OmegaConf.load(path)
+    model = nn.Linear(2, 2)
+
+    opt = instantiate(cfg)(params=model.parameters(), model=model, loss_fn=nn.MSELoss())
+
+    assert isinstance(opt, NewtonCG)
+    signature = inspect.signature(NewtonCG).parameters
+    for key, value in cfg.items():
+        if not key.startswith("_"):
+            assert signature[key].default == value, key

@@ -121,6 +121,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 @pytest.mark.ddp
+@pytest.mark.slow  # two spawned interpreters: 15-25 s on two shared cores
 def test_ddp_two_ranks_match_one_process_on_the_union(tmp_path: Path) -> None:
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]

@@ -159,7 +159,7 @@ def test_overrides_compose_with_the_hydra_config(monkeypatch) -> None:
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
         cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
 
-    assert cfg.trainer.strategy == "ddp"
+    assert cfg.trainer.strategy._target_ == "pytorch_lightning.strategies.DDPStrategy"
     assert cfg.trainer.max_epochs == 5
     assert cfg.paths.log_dir == "/checkpoints/demo"
     assert cfg.hydra.run.dir == "/checkpoints/demo/run"

@@ -132,5 +132,27 @@ def test_ddp_on_two_cpu_processes_makes_one_run_and_one_directory(train_cli, tmp
     # 1257 training examples, global batch 64 = 2 x 32: the same 20 optimizer steps as 1 process.
     history = mlflow_client(tmp_path).get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in history] == [9, 19]
-    assert run.data.params["trainer.strategy"] == "ddp"
+    assert run.data.params["trainer.strategy._target_"].endswith(".DDPStrategy")
+    assert run.data.params["trainer.strategy.timeout.seconds"] == "1800"
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stdout + proc.stderr
+
+
+def test_vit_run_logs_the_cost_model(train_cli, tmp_path: Path) -> None:
+    train_cli(
+        "model=vit",
+        "optimizer=adamw",
+        "trainer.max_epochs=3",
+        "data.batch_size=128",
+        "trainer.enable_progress_bar=false",
+    )
+
+    (run,) = runs_of(tmp_path)
+    params = run.data.params
+    # 8x8 digits in 2x2 patches: 16 patch tokens and [CLS]; D=64 over h=4 heads.
+    assert params["cost/tokens"] == "17"
+    assert params["cost/head_dim"] == "16"
+    assert params["cost/attention_entries_per_layer"] == str(4 * 17**2)
+    assert params["cost/batch_size"] == "128"
+    assert int(params["cost/params"]) > 0
+    history = mlflow_client(tmp_path).get_metric_history(run.info.run_id, "val/acc")
+    assert len(history) == 3

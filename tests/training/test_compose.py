@@ -123,3 +123,17 @@ def test_files_data_trains_like_digits(tmp_path: Path) -> None:
     pl.Trainer(fast_dev_run=True, logger=False, enable_progress_bar=False).fit(
         parts.module, datamodule=parts.datamodule
     )
+
+
+@pytest.mark.parametrize("optimizer", _options("optimizer"))
+def test_every_optimizer_takes_a_training_step(optimizer: str, tmp_path: Path) -> None:
+    cfg = compose_train([f"optimizer={optimizer}", f"paths.output_dir={tmp_path}"])
+    parts = build_parts(cfg, "ce")
+    before = [p.detach().clone() for p in parts.model.parameters()]
+
+    trainer = build_trainer(cfg, logger=False, fast_dev_run=2, enable_progress_bar=False)
+    trainer.fit(parts.module, datamodule=parts.datamodule)
+
+    moved = [not torch.equal(b, a) for b, a in zip(before, parts.model.parameters(), strict=True)]
+    assert all(moved), optimizer
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])

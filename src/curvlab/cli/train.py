@@ -13,6 +13,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+import curvlab.optim.scaling  # noqa: F401  (registers ${scale_lr:...} for configs)
 from curvlab.config import CONFIG_DIR
 from curvlab.launch import LaunchEnvironmentError, check_launch_environment
 from curvlab.training.build import ConfigError

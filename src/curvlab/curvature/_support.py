@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-
-log = logging.getLogger(__name__)
 
 Batch = tuple[Tensor, Tensor]
 """One ``(inputs, targets)`` pair; the loss is ``loss_fn(model(inputs), targets)``."""

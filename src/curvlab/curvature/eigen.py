@@ -146,7 +146,7 @@ def _top_ritz(t: Tridiagonal, k: int) -> tuple[Tensor, Tensor, Tensor]:
     theta, s = t.ritz()
     order = theta.abs().argsort(descending=True)[:k]
     residuals = (t.beta_next * s[-1, order]).abs()
-    vectors = t.basis.T @ s[:, order].to(t.basis.dtype)
+    vectors = t.basis.T @ s[:, order].to(t.basis)  # T lives on the CPU in float64
     return theta[order], vectors, residuals
 
 

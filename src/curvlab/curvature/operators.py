@@ -28,6 +28,7 @@ from curvlab.curvature._support import (
     Reduce,
     as_batches,
     flatten,
+    make_generator,
     raise_if_no_double_backward,
     trainable_params,
     unflatten,
@@ -40,6 +41,7 @@ METHODS = ("auto", "reverse", "forward")
 
 # The fastest HVP method measured per model and usage ("single" product or "repeated" ones).
 _FASTEST: weakref.WeakKeyDictionary[nn.Module, dict[str, str]] = weakref.WeakKeyDictionary()
+_MARGIN = 0.9  # forward-over-reverse is chosen only if at least 10% faster than reverse
 
 
 class CurvatureOperator:
@@ -198,25 +200,26 @@ class HessianOperator(CurvatureOperator):
         return [hv[n] for n in names]
 
     def _choose(self, usage: str) -> str:
-        """Time one product each way (after a warm-up) and remember the faster per model."""
+        """Time products both ways, interleaved, and remember the faster for this model."""
         known = _FASTEST.get(self.model, {}).get(usage)
         if known is not None:
             return known
 
-        v = [torch.randn(p.shape, dtype=p.dtype, device=p.device) for p in self.params]
-        timings = {}
-        for candidate in ("reverse", "forward"):
+        generator = make_generator(0, self.params[0].device)
+        v = [torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in self.params]
+        v = [t.to(p.device) for t, p in zip(v, self.params, strict=True)]
+
+        def product(candidate: str) -> None:
             self.method = candidate
+            if candidate == "reverse" and self._cache and usage == "single":
+                self._graph = None  # a single product pays for building the graph
+            if candidate == "reverse" and self._cache and self._graph is None:
+                self._graph = self._build_graph()
+            self._matvec(v)
 
-            def product(candidate: str = candidate) -> None:
-                if candidate == "reverse" and self._cache and usage == "single":
-                    self._graph = None  # a single product pays for building the graph
-                if candidate == "reverse" and self._cache and self._graph is None:
-                    self._graph = self._build_graph()
-                self._matvec(v)
-
-            timings[candidate] = _best_time(product, self.params[0].device)
-        choice = min(timings, key=timings.get)
+        timings = _interleaved_best_times(product, ("reverse", "forward"), v[0].device)
+        # Noise on a shared machine should not flip the choice: forward must win clearly.
+        choice = "forward" if timings["forward"] < _MARGIN * timings["reverse"] else "reverse"
         if choice == "forward":
             self._graph = None
 
@@ -232,21 +235,27 @@ class HessianOperator(CurvatureOperator):
         return choice
 
 
-def _best_time(fn: Callable[[], None], device: torch.device, repeats: int = 2) -> float:
+def _interleaved_best_times(
+    run: Callable[[str], None], candidates: Sequence[str], device: torch.device, rounds: int = 3
+) -> dict[str, float]:
+    """Best wall time of each candidate over ``rounds``, alternating them after a warm-up."""
     try:
-        fn()  # warm-up: allocator, kernels, graph building
+        for candidate in candidates:
+            run(candidate)  # warm-up: allocator, kernels, graph building
     except RuntimeError as error:
         raise_if_no_double_backward(error)
         raise
-    best = math.inf
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
+
+    best = dict.fromkeys(candidates, math.inf)
+    for _ in range(rounds):
+        for candidate in candidates:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            run(candidate)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            best[candidate] = min(best[candidate], time.perf_counter() - start)
     return best
 
 

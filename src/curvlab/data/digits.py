@@ -19,8 +19,16 @@ def load_digit_arrays() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class DigitsDataModule(ArrayDataModule):
-    """The digits as images; the MLP flattens them, the ViT cuts them into patches."""
+    """The digits as images; the MLP flattens them, the ViT cuts them into patches.
 
-    def __init__(self, **kwargs: object) -> None:
+    Args:
+        max_examples: keep only the first this many images before splitting (None: all
+            1,797); the dataset cycles through the ten digits, so a prefix stays balanced.
+        **kwargs: see :class:`ArrayDataModule`.
+    """
+
+    def __init__(self, max_examples: int | None = None, **kwargs: object) -> None:
         x, y = load_digit_arrays()
+        if max_examples is not None:
+            x, y = x[:max_examples], y[:max_examples]
         super().__init__(x, y, num_classes=10, **kwargs)

@@ -41,9 +41,7 @@ def shape_mask(kind: str, cy: int, cx: int, r: int, size: int) -> np.ndarray:
 def _apart(box: tuple[int, int, int], placed: list[tuple[int, int, int]]) -> bool:
     """Whether a shape's bounding square keeps a one-pixel gap to every placed one."""
     cy, cx, r = box
-    return all(
-        abs(cy - py) > r + pr + 1 or abs(cx - px) > r + pr + 1 for py, px, pr in placed
-    )
+    return all(abs(cy - py) > r + pr + 1 or abs(cx - px) > r + pr + 1 for py, px, pr in placed)
 
 
 def make_shapes(
@@ -76,7 +74,9 @@ def make_shapes(
             f"1 <= min_radius <= max_radius and 2 * max_radius + 1 <= image_size={image_size}."
         )
     if max_shapes < 1 or num_images < 1:
-        raise ValueError(f"data.max_shapes={max_shapes} and data.num_images={num_images} must be >= 1.")
+        raise ValueError(
+            f"data.max_shapes={max_shapes} and data.num_images={num_images} must be >= 1."
+        )
 
     rng = np.random.default_rng(seed)
     S, K = image_size, len(kinds)
@@ -135,7 +135,13 @@ class ShapesDataModule(ArrayDataModule):
     ) -> None:
         kinds = list(kinds)
         x, y = make_shapes(
-            num_images, image_size, kinds, max_shapes, min_radius, max_radius, noise_std,
+            num_images,
+            image_size,
+            kinds,
+            max_shapes,
+            min_radius,
+            max_radius,
+            noise_std,
             shapes_seed,
         )
         if not per_kind:

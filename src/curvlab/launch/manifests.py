@@ -212,9 +212,12 @@ def render_pytorchjob(spec: LaunchSpec) -> list[dict[str, Any]]:
     template = {"metadata": {"labels": labels(spec)}, "spec": _pod_spec(spec, [container])}
 
     # OnFailure restarts a crashed container in place; the job then resumes from last.ckpt.
-    # TODO(elastic-restart): with static rendezvous the surviving pods only notice a lost peer at
-    # their next collective (NCCL timeout); an elasticPolicy with c10d rendezvous would re-form
-    # the job sooner. Decide once the kill-a-pod test measures it.
+    # A crashed peer fails the other pods within seconds (their connections are reset); a peer
+    # lost from the network fails them only after trainer.strategy.timeout (conf/trainer/ddp.yaml,
+    # 30 min by default). tests/launch/test_pods.py measures both.
+    # TODO(elastic-restart): static rendezvous has no peer heartbeat, so a partitioned job waits
+    # out the whole DDP timeout; whether an elasticPolicy with c10d rendezvous re-forms it sooner
+    # is not measured yet.
     replicas = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template}}
     if spec.nodes > 1:
         replicas["Worker"] = {

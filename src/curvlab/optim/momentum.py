@@ -5,8 +5,9 @@
 
 With ``nesterov=True`` the step looks one average ahead: theta_{t+1} = theta_t - eta *
 (beta * v_t + (1 - beta) * g_t). PyTorch's SGD keeps the heavy-ball sum v = mu * v + g instead
-and starts it at g, so it cannot reproduce this recurrence from the first step; the guide's form
-equals SGD(lr=eta * (1 - beta), momentum=beta) only while eta and beta stay fixed.
+and starts it at g, so SGD(momentum=beta, dampening=beta) differs from the first step on; the
+guide's form equals SGD(lr=eta * (1 - beta), momentum=beta) for a fixed beta, but then the
+configured rate is no longer the guide's eta.
 """
 
 from __future__ import annotations

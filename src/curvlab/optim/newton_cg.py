@@ -235,6 +235,9 @@ class NewtonCG(torch.optim.Optimizer):
                 "NewtonCG.step needs a closure that runs forward and backward and returns the "
                 "loss, and a batch given by set_batch(batch) before the step."
             )
+        # TODO(newton-cg): Lightning's gradient accumulation and mixed precision are not
+        # handled: the closure's .grad would cover several batches (or be scaled) while the
+        # curvature covers only the last set_batch batch.
         with torch.enable_grad():
             loss = closure()
 

@@ -16,7 +16,8 @@ class Regression(Task):
 
     Losses are computed on the targets as the data serves them (standardised for the diabetes
     data); MAE and RMSE are reported in the original units, using the data's ``target_mean``
-    and ``target_std`` when it has them, and R^2 (unit-free) beside them; with several targets R^2 is their mean.
+    and ``target_std`` when it has them, and R^2 (unit-free) beside them; with several targets
+    R^2 is their mean.
     """
 
     name = "regression"

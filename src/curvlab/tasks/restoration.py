@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.nn import functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio
 
@@ -30,8 +31,14 @@ class Restoration(Task):
 
     image_shape: tuple[int, ...] = ()
 
-    def __init__(self, data_range: float = 1.0) -> None:
+    def __init__(self, data_range: float = 1.0, pixel_weight: float = 0.0) -> None:
+        if data_range <= 0 or pixel_weight < 0:
+            raise ValueError(
+                f"task.data_range={data_range} must be > 0 and task.pixel_weight={pixel_weight} "
+                ">= 0."
+            )
         self.data_range = data_range
+        self.pixel_weight = pixel_weight
 
     def setup(self, datamodule: Any) -> int:
         x, y = datamodule.x, datamodule.y
@@ -50,7 +57,11 @@ class Restoration(Task):
     def compute_loss(
         self, loss_fn: Callable[..., torch.Tensor], outputs: torch.Tensor, targets: torch.Tensor
     ) -> torch.Tensor:
-        return loss_fn(outputs.reshape(targets.shape), targets)
+        x_hat = outputs.reshape(targets.shape)  # (B, C, H, W)
+        loss = loss_fn(x_hat, targets)
+        if self.pixel_weight:
+            loss = loss + self.pixel_weight * F.mse_loss(x_hat, targets)
+        return loss
 
     def update_metrics(
         self, metrics: MetricCollection, outputs: torch.Tensor, targets: torch.Tensor

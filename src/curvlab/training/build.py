@@ -87,7 +87,16 @@ def build_parts(
         "loss_name": loss_name,
         **(checkpoint_extra or {}),
     }
-    module = CurvlabModule(model, loss_fn, task, optimizer, scheduler, checkpoint_extra=extra)
+    param_groups = cfg.get("param_groups")
+    module = CurvlabModule(
+        model,
+        loss_fn,
+        task,
+        optimizer,
+        scheduler,
+        param_groups=OmegaConf.to_container(param_groups, resolve=True) if param_groups else None,
+        checkpoint_extra=extra,
+    )
     return RunParts(datamodule=datamodule, task=task, model=model, module=module)
 
 

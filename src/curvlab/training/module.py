@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytorch_lightning as pl
@@ -26,6 +27,8 @@ class CurvlabModule(pl.LightningModule):
         optimizer: a partial optimizer, completed with the model's parameters.
         scheduler: a partial schedule taking ``optimizer`` and ``total_steps``, stepped once per
             optimizer step, or None for a constant rate.
+        param_groups: which parameters skip weight decay and layer adaptation (the
+            ``conf/param_groups`` entry); None keeps curvlab's defaults.
         checkpoint_extra: stored under ``checkpoint["curvlab"]`` (config, shapes, run id), so a
             checkpoint can rebuild its model and find its MLflow run.
     """
@@ -37,6 +40,7 @@ class CurvlabModule(pl.LightningModule):
         task: Task,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
+        param_groups: Mapping[str, Any] | None = None,
         checkpoint_extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -45,6 +49,7 @@ class CurvlabModule(pl.LightningModule):
         self.task = task
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.param_groups = param_groups
         self.checkpoint_extra = dict(checkpoint_extra or {})
         self.val_metrics = task.metrics().clone(prefix="val/")
         self.test_stage = "test"
@@ -83,8 +88,18 @@ class CurvlabModule(pl.LightningModule):
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluate(batch, self.test_stage, self.test_metrics)
 
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        # Second-order optimizers (Newton-CG) take curvature products on the step's own batch.
+        optimizer = self.optimizers().optimizer
+        if hasattr(optimizer, "set_batch"):
+            optimizer.set_batch(batch)
+
     def configure_optimizers(self) -> Any:
-        optimizer = build_optimizer(self.model, self.optimizer_factory)
+        factory = self.optimizer_factory
+        # Optimizers built around the network (Newton-CG) also get it and the objective.
+        if "model" in inspect.signature(factory).parameters:
+            factory = functools.partial(factory, model=self.model, loss_fn=self.objective)
+        optimizer = build_optimizer(self.model, factory, self.param_groups)
         if self.scheduler_factory is None:
             return optimizer
 
