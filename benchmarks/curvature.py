@@ -6,22 +6,31 @@ like on a shared machine. Run from the repository root:
 
     .venv/bin/python benchmarks/curvature.py                 # every measurement
     .venv/bin/python benchmarks/curvature.py hvp_ratio --repeats 9
+    .venv/bin/python benchmarks/curvature.py callback_overhead --repeats 3 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
+from hydra import compose, initialize_config_dir
+from pytorch_lightning.loggers import MLFlowLogger
 from torch import Tensor, nn
 
+from curvlab.config import CONFIG_DIR
 from curvlab.curvature import HessianOperator, hvp, measurement_mode
 from curvlab.models import MLP, ViT
+from curvlab.training.build import build_parts, build_trainer
 
 
 @dataclass
@@ -116,9 +125,76 @@ def hvp_vs_gradient(args: argparse.Namespace) -> list[Row]:
     return rows
 
 
+def _timed_fit(overrides: list[str], workdir: Path) -> float:
+    """Wall time of ``trainer.fit`` for the default run composed with ``overrides``."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                *overrides,
+                f"paths.output_dir={workdir}",
+                "trainer.enable_progress_bar=false",
+            ],
+        )
+    pl.seed_everything(cfg.seed)
+    parts = build_parts(cfg, "ce")
+    logger = MLFlowLogger(experiment_name="overhead", tracking_uri=f"sqlite:///{workdir}/m.db")
+    trainer = build_trainer(cfg, logger)
+    return _timed(lambda: trainer.fit(parts.module, datamodule=parts.datamodule))
+
+
+def callback_overhead(args: argparse.Namespace) -> list[Row]:
+    """Wall time of ``trainer.fit`` with the curvature callback at its default schedule
+    (``callbacks=curvature``) over the same run without it, MLflow logging on both sides.
+
+    Two lengths of the default run (MLP on digits, 20 steps per epoch): its own 20 epochs, and
+    200 epochs, where the fixed cost of the end-of-run plot is spread thin; the third side
+    (``plot=false``) leaves the plot out, so its ratio is the measurements' share alone.
+    Sides run in turns, ``--repeats`` times each; the best time of each side is its cost, the
+    medians are shown beside it. ``--models`` is not used.
+    """
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    sides = {
+        "fit, callback off": [],
+        "fit, callbacks=curvature": ["callbacks=curvature"],
+        "fit, callbacks=curvature, plot=false": [
+            "callbacks=curvature",
+            "callbacks.curvature.plot=false",
+        ],
+    }
+    rows = []
+    for epochs in (20, 200):
+        times: dict[str, list[float]] = {name: [] for name in sides}
+        for turn in range(args.repeats):
+            # Rotate which side goes first, so that drifting load on the machine hits all.
+            names = list(sides)[turn % len(sides) :] + list(sides)[: turn % len(sides)]
+            for name in names:
+                with tempfile.TemporaryDirectory() as tmp:
+                    overrides = [*sides[name], f"trainer.max_epochs={epochs}"]
+                    times[name].append(_timed_fit(overrides, Path(tmp)))
+
+        off = times["fit, callback off"]
+        model = f"mlp (conf/model/mlp) on digits, {epochs} epochs = {20 * epochs} steps"
+        rows += [
+            Row(
+                model,
+                name,
+                1e3 * min(samples),
+                min(samples) / min(off),
+                statistics.median(samples) / statistics.median(off),
+            )
+            for name, samples in times.items()
+        ]
+    return rows
+
+
 MEASUREMENTS: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
     "hvp_ratio": hvp_vs_gradient,
+    "callback_overhead": callback_overhead,
 }
+
+# What each measurement's ratio columns divide by.
+BASELINES = {"hvp_ratio": "gradient", "callback_overhead": "callback off"}
 
 
 def main() -> None:
@@ -138,8 +214,9 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"load average {os.getloadavg()[0]:.1f}, repeats {args.repeats}\n"
     )
-    header = "| model | quantity | best ms | x gradient (best) | x gradient (median) |"
     for name in args.names or MEASUREMENTS:
+        base = BASELINES[name]
+        header = f"| model | quantity | best ms | x {base} (best) | x {base} (median) |"
         print(f"## {name}\n\n{header}\n| --- | --- | --- | --- | --- |")
         for row in MEASUREMENTS[name](args):
             print(

@@ -7,8 +7,8 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from conftest import compose_train
 from curvlab.models import MLP
+from curvlab_testing import compose_train
 
 
 def test_guide_three_layer_network_is_expressible_by_config() -> None:

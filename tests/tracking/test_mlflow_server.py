@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,8 +21,6 @@ import servers
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from conftest import QUICK, run_cli
-
 _MISSING = servers.basic_auth_missing()
 pytestmark = [
     pytest.mark.skipif(_MISSING is not None, reason=f"basic-auth server: {_MISSING}"),
@@ -28,6 +29,8 @@ pytestmark = [
 ]
 
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=10"
+# One quick epoch of the default MLP.
+QUICK = ["trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +82,19 @@ def test_the_python_client_without_credentials_is_refused(
         MlflowClient(tracking_uri=server.uri).search_experiments()
 
 
+def _train(cwd: Path, run_name: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    # Tracking settings come only from ``env``, never from the environment pytest runs in.
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    return subprocess.run(
+        [sys.executable, "-m", "curvlab.cli.train", *QUICK, f"logger.run_name={run_name}"],
+        cwd=cwd,
+        env={**base, **env, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
 def _admin_client(server: servers.MlflowServer, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
     user, password = server.admin
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
@@ -104,12 +120,8 @@ def test_curvlab_logs_with_credentials_from_the_environment(
         "MLFLOW_TRACKING_USERNAME": user,
         "MLFLOW_TRACKING_PASSWORD": password,
     }
-    run_cli(
-        "curvlab.cli.train",
-        [*QUICK, "trainer.max_epochs=1", "logger.run_name=with-credentials"],
-        tmp_path,
-        env=env,
-    )
+    proc = _train(tmp_path, "with-credentials", env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
 
     client = _admin_client(server, monkeypatch)
     (run,) = _runs_named(client, "with-credentials")
@@ -130,13 +142,7 @@ def test_curvlab_logs_with_credentials_from_the_environment(
 def test_curvlab_without_credentials_fails_and_creates_no_run(
     server: servers.MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    proc = run_cli(
-        "curvlab.cli.train",
-        [*QUICK, "trainer.max_epochs=1", "logger.run_name=without-credentials"],
-        tmp_path,
-        check=False,
-        env={"MLFLOW_TRACKING_URI": server.uri},
-    )
+    proc = _train(tmp_path, "without-credentials", {"MLFLOW_TRACKING_URI": server.uri})
     assert proc.returncode != 0
     output = proc.stdout + proc.stderr
     assert "401" in output or "nauthori" in output, output[-3000:]

@@ -11,9 +11,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import compose_train
 from curvlab.config import CONFIG_DIR
 from curvlab.training.build import ConfigError, build_parts, build_trainer
+from curvlab_testing import compose_train
 
 GROUPS = (
     "data",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import QUICK
+from curvlab_testing import QUICK
 
 
 def _nothing_written(workdir: Path) -> bool:

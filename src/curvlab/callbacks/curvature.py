@@ -28,7 +28,6 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from curvlab.callbacks.measure import FIGURES, CurvatureProbe, Method, shard, shard_sum_reduce
-from curvlab.callbacks.plot import plot_sharpness
 from curvlab.callbacks.stability import StabilityRule, lamb_trust_ratios, stability_rule
 from curvlab.curvature import check_second_order
 from curvlab.optim import Lamb
@@ -36,6 +35,9 @@ from curvlab.optim import Lamb
 log = logging.getLogger(__name__)
 
 PLOT_NAME = "sharpness.png"
+# The loss curve of the plot keeps at most this many points (thinned by 2 whenever exceeded).
+MAX_LOSS_POINTS = 4096
+SOURCES = {"measurement": "held-out measurement batch", "train": "training split"}
 
 
 class CurvatureCallback(pl.Callback):
@@ -49,6 +51,7 @@ class CurvatureCallback(pl.Callback):
         every_n_steps: measure after every this many optimizer steps; None: not by steps.
         every_n_epochs: measure after every this many training epochs; None: not by epochs.
         at_start: also measure once before the first step (step 0).
+        at_end: also measure once when fitting ends, unless that step was just measured.
         figures: which of ``lambda_max``, ``trace``, ``gradient_curvature``, ``stability``.
         top_k: eigenvalues logged (``curvature/lambda_max``, ``curvature/lambda_2``, ...).
         max_iter: cap on Lanczos steps (HVPs) per eigenvalue run.
@@ -66,9 +69,10 @@ class CurvatureCallback(pl.Callback):
 
     def __init__(
         self,
-        every_n_steps: int | None = None,
-        every_n_epochs: int | None = 1,
+        every_n_steps: int | None = 500,
+        every_n_epochs: int | None = None,
         at_start: bool = True,
+        at_end: bool = True,
         figures: list[str] | tuple[str, ...] = FIGURES,
         top_k: int = 1,
         max_iter: int = 20,
@@ -81,7 +85,7 @@ class CurvatureCallback(pl.Callback):
         plot: bool = True,
         plot_dir: str | None = None,
     ) -> None:
-        if every_n_steps is None and every_n_epochs is None and not at_start:
+        if every_n_steps is None and every_n_epochs is None and not (at_start or at_end):
             raise ValueError("CurvatureCallback: set every_n_steps or every_n_epochs.")
         for name, value in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
             if value is not None and value < 1:
@@ -91,6 +95,7 @@ class CurvatureCallback(pl.Callback):
         self.every_n_steps = every_n_steps
         self.every_n_epochs = every_n_epochs
         self.at_start = at_start
+        self.at_end = at_end
         self.source = source
         self.plot = plot
         self.plot_dir = plot_dir
@@ -98,10 +103,13 @@ class CurvatureCallback(pl.Callback):
             list(figures), top_k, max_iter, tol, trace_probes, seed, warm_start, method
         )
         self.records: list[dict[str, float]] = []
-        self.losses: list[tuple[int, Tensor]] = []
+        self.losses: list[tuple[int, float]] = []
+        self._pending_losses: list[tuple[int, Tensor]] = []
+        self._loss_stride = 1
         self._batch: tuple[Tensor, Tensor] | None = None
         self._reduce = None
         self._trust_ratios: dict[str, float] | None = None
+        self._trust_step = -1
         self._last_step = -1
         self._batch_idx = 0
         self._optimizer_name: str | None = None
@@ -133,6 +141,7 @@ class CurvatureCallback(pl.Callback):
         wants = "stability" in self.probe.figures and isinstance(optimizer, Lamb)
         if wants and self._next_step_is_measured(trainer):
             self._trust_ratios = lamb_trust_ratios(optimizer)
+            self._trust_step = trainer.global_step + 1
 
     def on_train_batch_end(
         self,
@@ -144,7 +153,7 @@ class CurvatureCallback(pl.Callback):
     ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, Tensor) and self.plot:
-            self.losses.append((trainer.global_step, loss.detach()))
+            self._record_loss(trainer.global_step, loss)
 
         # With gradient accumulation several batches end at the same optimizer step.
         step = trainer.global_step
@@ -157,6 +166,8 @@ class CurvatureCallback(pl.Callback):
             self._measure(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.at_end and trainer.global_step != self._last_step:
+            self._measure(trainer, pl_module)
         if self.plot and self.records and trainer.is_global_zero:
             self._log_plot(trainer)
 
@@ -166,6 +177,24 @@ class CurvatureCallback(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # A resumed run's plot keeps the sharpness measured before the interruption.
         self.records = list(state_dict.get("records", []))
+
+    def _record_loss(self, step: int, loss: Tensor) -> None:
+        if step % self._loss_stride:
+            return
+        self._pending_losses.append((step, loss.detach()))
+        # Read the losses back in blocks: one device sync per 256 steps, not one per step.
+        if len(self._pending_losses) >= 256:
+            self._flush_losses()
+
+    def _flush_losses(self) -> None:
+        if self._pending_losses:
+            steps = [step for step, _ in self._pending_losses]
+            values = torch.stack([v.float() for _, v in self._pending_losses]).tolist()
+            self.losses += zip(steps, values, strict=True)
+            self._pending_losses = []
+        if len(self.losses) > MAX_LOSS_POINTS:
+            self._loss_stride *= 2
+            self.losses = [(s, v) for s, v in self.losses if s % self._loss_stride == 0]
 
     def _next_step_is_measured(self, trainer: pl.Trainer) -> bool:
         step = trainer.global_step + 1
@@ -183,11 +212,11 @@ class CurvatureCallback(pl.Callback):
 
         figures = self.probe.measure(model, pl_module.objective, batch, reduce, rule)
 
-        if self._trust_ratios is not None and rule is not None:
+        # Trust ratios are logged at the step they were applied; the rule keeps the latest.
+        if self._trust_ratios is not None and self._trust_step == trainer.global_step:
             figures.update(
                 {f"curvature/trust_ratio/{k}": v for k, v in self._trust_ratios.items()}
             )
-        self._trust_ratios = None
         for logger in trainer.loggers:
             logger.log_metrics(figures, step=trainer.global_step)
         self.records.append({"step": float(trainer.global_step), **figures})
@@ -226,10 +255,19 @@ class CurvatureCallback(pl.Callback):
         return rule
 
     def _log_plot(self, trainer: pl.Trainer) -> None:
-        losses = [(step, float(loss)) for step, loss in self.losses]
+        # Imported here: matplotlib costs a third of a second, paid only when a plot is drawn.
+        from curvlab.callbacks.plot import plot_sharpness
+
+        self._flush_losses()
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(self.plot_dir) if self.plot_dir else Path(tmp)
-            path = plot_sharpness(self.records, losses, folder / PLOT_NAME, self._optimizer_name)
+            path = plot_sharpness(
+                self.records,
+                self.losses,
+                folder / PLOT_NAME,
+                self._optimizer_name,
+                SOURCES[self.source],
+            )
             mlflow = [lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)]
             for logger in mlflow:
                 logger.experiment.log_artifact(logger.run_id, str(path), artifact_path="curvature")
@@ -254,10 +292,13 @@ def _network(pl_module: pl.LightningModule) -> torch.nn.Module:
 
 def _fixed_batch(trainer: pl.Trainer, source: str) -> tuple[Tensor, Tensor]:
     datamodule = trainer.datamodule
-    if source == "train":
+    if source == "train" and hasattr(datamodule, "train_set"):
         # The whole training split: the full batch of a full-batch run, in a fixed order.
         indices = datamodule.train_set.indices
         return datamodule.x[indices], datamodule.y[indices]
-    if datamodule is None or not hasattr(datamodule, "measurement_batch"):
-        raise ValueError("CurvatureCallback needs a datamodule with measurement_batch().")
+    if source == "train" or not hasattr(datamodule, "measurement_batch"):
+        raise ValueError(
+            "CurvatureCallback needs a datamodule with measurement_batch() (or train_set, x "
+            "and y for source=train), such as curvlab.data.ArrayDataModule."
+        )
     return datamodule.measurement_batch()

@@ -37,7 +37,9 @@ class CurvatureProbe:
 
     Args:
         figures: which of :data:`FIGURES` to compute.
-        top_k: eigenvalues of largest magnitude reported (``lambda_max`` is the first).
+        top_k: largest eigenvalues reported (``lambda_max`` first); algebraically largest, not
+            by magnitude: near initialisation a negative eigenvalue can be the largest in
+            magnitude, and it says nothing about step-size stability.
         max_iter: cap on Lanczos steps (one HVP each) per eigenvalue run.
         tol: Lanczos stops once every Ritz residual is at most ``tol * |lambda_max|``.
         trace_probes: Rademacher probes (one HVP each) of the Hutchinson trace.
@@ -113,6 +115,7 @@ class CurvatureProbe:
                 tol=self.tol,
                 seed=self.seed,
                 init=self.eigenvectors if self.warm_start else None,
+                which="largest",
                 **common,
             )
             self.eigenvectors = eig.eigenvectors
@@ -158,6 +161,7 @@ class CurvatureProbe:
                     seed=self.seed,
                     init=self.preconditioned_eigenvectors if self.warm_start else None,
                     preconditioner=rule.preconditioner,
+                    which="largest",
                     **common,
                 )
                 self.preconditioned_eigenvectors = pre.eigenvectors

@@ -13,6 +13,7 @@ def plot_sharpness(
     losses: Sequence[tuple[int, float]],
     path: Path,
     optimizer: str | None = None,
+    source: str = "measurement batch",
 ) -> Path:
     """Write a PNG: lambda_max (and preconditioned sharpness) with the threshold, and the loss.
 
@@ -21,15 +22,19 @@ def plot_sharpness(
         losses: ``(step, training loss)`` pairs.
         path: where the PNG goes; its folder is created.
         optimizer: the stability rule's optimizer name, for the threshold's label.
+        source: what the figures were measured on, for the title.
 
     Returns:
         ``path``.
     """
-    # A bare Figure renders without pyplot, so no global backend or figure registry is touched.
-    fig = Figure(figsize=(11, 4), layout="constrained")
+    # A bare Figure renders without pyplot, so no global backend or figure registry is touched;
+    # fixed margins instead of a layout engine make it render in a third of the time.
+    fig = Figure(figsize=(11, 4))
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.91, wspace=0.22)
     left, right = fig.subplots(1, 2)
     steps = [r["step"] for r in records]
 
+    drawn: list[float] = []
     for key, label in (
         ("curvature/lambda_max", "λ_max of H"),
         ("curvature/preconditioned_sharpness", "λ_max of P^-1/2 H P^-1/2"),
@@ -37,6 +42,7 @@ def plot_sharpness(
         points = [(r["step"], r[key]) for r in records if key in r]
         if points:
             left.plot(*zip(*points, strict=True), marker=".", label=label)
+            drawn += [value for _, value in points]
     threshold = [
         (s, r["curvature/stability_threshold"])
         for s, r in zip(steps, records, strict=True)
@@ -45,13 +51,18 @@ def plot_sharpness(
     if threshold:
         name = "2 / η" if optimizer == "sgd" else f"{optimizer} stability threshold"
         left.step(*zip(*threshold, strict=True), where="post", ls="--", c="k", label=name)
-    left.set(xlabel="step", ylabel="sharpness", title="Sharpness on the measurement batch")
+        drawn += [value for _, value in threshold]
+    # An adaptive optimizer's preconditioned figures lie orders of magnitude above H's.
+    if drawn and min(drawn) > 0 and max(drawn) > 20 * min(drawn):
+        left.set_yscale("log")
+    left.set(xlabel="step", ylabel="sharpness", title=f"Sharpness on the {source}")
     left.legend(loc="best")
 
     if losses:
-        left_steps, values = zip(*losses, strict=True)
-        right.plot(left_steps, values, lw=1)
-        if min(values) > 0:
+        loss_steps, values = zip(*losses, strict=True)
+        right.plot(loss_steps, values, lw=1)
+        # A log scale only where the loss spans more than a decade.
+        if min(values) > 0 and max(values) > 10 * min(values):
             right.set_yscale("log")
     right.set(xlabel="step", ylabel="training loss", title="Training loss")
 

@@ -64,8 +64,9 @@ def stability_rule(
     Args:
         optimizer: the training optimizer, owning every one of ``params``.
         params: the parameters the curvature is taken over (trainable, in model order).
-        trust_ratios: LAMB's per-tensor trust ratios of the next step, keyed by parameter name
-            (see :func:`lamb_trust_ratios`); they divide P, as they scale that tensor's step.
+        trust_ratios: LAMB's per-tensor trust ratios (the latest replayed by
+            :func:`lamb_trust_ratios`), keyed by parameter name; they divide P, as they scale
+            that tensor's step. Without them LAMB is judged as Adam.
 
     Returns:
         The rule, or None for an optimizer without a rule here (e.g. Newton-CG), for

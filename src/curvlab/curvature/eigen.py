@@ -67,6 +67,7 @@ def top_eigenvalues(
     curvature: Literal["hessian", "ggn"] = "hessian",
     method: Method = "auto",
     reduce: Reduce | None = None,
+    which: Literal["magnitude", "largest"] = "magnitude",
 ) -> EigenResult:
     """The k largest-magnitude eigenvalues of H (or G) and their eigenvectors, by Lanczos.
 
@@ -85,6 +86,8 @@ def top_eigenvalues(
         curvature: ``hessian`` (exact H) or ``ggn`` (Gauss-Newton G).
         method: HVP method for the Hessian, see :func:`curvlab.curvature.hvp`.
         reduce: applied to every product, e.g. :func:`ddp_mean_reduce`.
+        which: rank eigenvalues by ``magnitude`` or take the ``largest`` (algebraically): the
+            sharpness, which a larger negative eigenvalue would hide by magnitude.
 
     Returns:
         An :class:`EigenResult`.
@@ -113,11 +116,11 @@ def top_eigenvalues(
         def converged(t: Tridiagonal) -> bool:
             if len(t.alpha) < k:
                 return False
-            theta, _, res = _top_ritz(t, k)
+            theta, _, res = _top_ritz(t, k, which)
             return bool((res <= tol * theta.abs().max().clamp_min(1e-30)).all())
 
         t = lanczos(matvec, q1, max_iter, generator, converged)
-        theta, vectors, res = _top_ritz(t, k)
+        theta, vectors, res = _top_ritz(t, k, which)
         eigenvectors = [unflatten(y, params) for y in vectors.T.contiguous()]
         return EigenResult(
             eigenvalues=theta,
@@ -141,10 +144,10 @@ def _start_vector(
     return q / q.norm() + _WARM_START_NOISE * r / r.norm()
 
 
-def _top_ritz(t: Tridiagonal, k: int) -> tuple[Tensor, Tensor, Tensor]:
+def _top_ritz(t: Tridiagonal, k: int, which: str = "magnitude") -> tuple[Tensor, Tensor, Tensor]:
     """Top-k Ritz values by magnitude, their vectors (n, k) and residual bounds."""
     theta, s = t.ritz()
-    order = theta.abs().argsort(descending=True)[:k]
+    order = (theta.abs() if which == "magnitude" else theta).argsort(descending=True)[:k]
     residuals = (t.beta_next * s[-1, order]).abs()
     vectors = t.basis.T @ s[:, order].to(t.basis)  # T lives on the CPU in float64
     return theta[order], vectors, residuals

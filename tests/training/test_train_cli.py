@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUICK, mlflow_client, run_cli, runs_of
+from curvlab_testing import QUICK, mlflow_client, run_cli, runs_of
 
 
 def _only_dir(path: Path) -> Path:
