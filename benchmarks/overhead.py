@@ -50,14 +50,16 @@ class StepTimer(pl.Callback):
         self.steps = trainer.global_step - self.warmup
 
 
-def compose_run(model: str, workdir: Path):
-    overrides = [*MODELS[model], f"paths.output_dir={workdir}", "data.batch_size=64"]
+def compose_run(model: str, workdir: Path, extra: list[str] = ()):
+    overrides = [*MODELS[model], f"paths.output_dir={workdir}", "data.batch_size=64", *extra]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
 
 
-def time_curvlab(model: str, steps: int, warmup: int, workdir: Path) -> tuple[float, dict]:
-    cfg = compose_run(model, workdir)
+def time_curvlab(
+    model: str, steps: int, warmup: int, workdir: Path, extra: list[str] = ()
+) -> tuple[float, dict]:
+    cfg = compose_run(model, workdir, extra)
     pl.seed_everything(0, workers=True)
     parts = build_parts(cfg, "ce")
     initial = copy.deepcopy(parts.model.state_dict())
@@ -104,7 +106,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per side")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps first")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many timings")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (both sides)")
+    parser.add_argument(
+        "--overrides", nargs="*", default=[], help="Hydra overrides for the curvlab side only"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
 
     print(f"{'model':6} {'curvlab steps/s':>16} {'plain steps/s':>14} {'ratio':>7}", end="")
@@ -114,7 +122,7 @@ def main() -> None:
         best_curvlab, best_plain = 0.0, 0.0
         for _ in range(args.repeats):
             with tempfile.TemporaryDirectory() as tmp:
-                rate, initial = time_curvlab(model, steps, args.warmup, Path(tmp))
+                rate, initial = time_curvlab(model, steps, args.warmup, Path(tmp), args.overrides)
                 best_curvlab = max(best_curvlab, rate)
                 best_plain = max(
                     best_plain, time_plain(model, steps, args.warmup, Path(tmp), initial)

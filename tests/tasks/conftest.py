@@ -7,7 +7,6 @@ whichever was loaded last.
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -97,7 +96,6 @@ def fit(config: Callable[..., DictConfig]) -> Callable[..., Fitted]:
     """``fit(loss, *overrides)``: a short run of ``loss=<loss>`` with the overrides."""
 
     def run(loss_name: str, *overrides: str) -> Fitted:
-        logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
         return fit_run(config(*overrides, f"loss={loss_name}"), loss_name)
 
     return run

@@ -37,13 +37,5 @@ TASK_METRICS = {
 }
 
 # Overrides that keep a one-batch run of each task to about a second.
-SMALL = {
-    "segmentation": [
-        "data.num_images=64",
-        "data.batch_size=16",
-        "model=vit",
-        "model.patch_size=4",
-        "model.embed_dim=32",
-        "model.depth=1",
-    ],
-}
+SMALL_VIT = ["model=vit", "model.patch_size=4", "model.embed_dim=32", "model.depth=1"]
+SMALL = {"segmentation": ["data.num_images=64", "data.batch_size=16"]}

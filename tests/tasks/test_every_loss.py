@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from task_table import SMALL, TASK_LOSSES
+from task_table import SMALL, SMALL_VIT, TASK_LOSSES
 
 from curvlab.training.build import build_parts
 
@@ -21,6 +21,7 @@ REMAINING = {"distillation": 0.8}
 def test_the_objective_falls_on_one_batch(task: str, loss: str, config, random_checkpoint) -> None:
     extra = {
         "distillation": [f"task.teacher={random_checkpoint}"],
+        "segmentation": SMALL_VIT,
         "restoration": [f"loss.checkpoint_path={random_checkpoint}"]
         if loss == "perceptual"
         else [],

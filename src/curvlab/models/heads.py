@@ -71,7 +71,10 @@ class ViTSegmenter(nn.Module):
 
     def __init__(self, backbone: ViT, num_classes: int) -> None:
         super().__init__()
+        # TODO(segmentation-cost): the wrapper is not a ViT, so training does not log the ViT
+        # cost model's cost/... parameters for segmentation runs.
         backbone.net.reset_classifier(0)
+        backbone.num_outputs = 0  # the class head is gone
         self.backbone = backbone
         self.decoder = PatchMaskDecoder(
             embed_dim=backbone.embed_dim,

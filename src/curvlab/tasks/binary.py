@@ -22,7 +22,7 @@ class _SigmoidClassification(Task):
     """Logits ``(B, L)`` against 0/1 float targets ``(B, L)``, one sigmoid per label.
 
     Cross entropy on probabilities (``bce``, guide 1.2.4 with K = 2) sees ``sigmoid(z)``; the
-    losses on logits (``bce_logits``, ``focal_binary``) see ``z``.
+    losses on logits (``bce_logits``, guide 1.2.4; ``focal_binary``, guide 1.2.5) see ``z``.
     """
 
     losses = ("bce_logits", "bce", "focal_binary")

@@ -16,7 +16,8 @@ from curvlab.tasks.metrics import RecallAtK
 class MetricLearning(Task):
     """The network's output is an embedding ``(B, D)``; targets are integer class labels.
 
-    Pairs and triplets are formed inside each batch by the loss, from the labels. With
+    The losses are the metric-learning rows of the guide's loss table (triplet, contrastive,
+    cosine embedding); pairs and triplets are formed inside each batch from the labels. With
     ``normalize`` the embeddings are put on the unit sphere before the loss and the metric, so
     Euclidean distances lie in [0, 2] and rank like cosine similarities. The metric is
     ``recall_at_<k>``: the share of examples of the split whose k nearest other examples

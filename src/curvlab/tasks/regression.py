@@ -12,7 +12,7 @@ from curvlab.tasks.base import Task
 
 
 class Regression(Task):
-    """Outputs ``(B, T)`` against float targets ``(B, T)``.
+    """Outputs ``(B, T)`` against float targets ``(B, T)``, with the guide's 1.2.1-1.2.3 losses.
 
     Losses are computed on the targets as the data serves them (standardised for the diabetes
     data); MAE and RMSE are reported in the original units, using the data's ``target_mean``

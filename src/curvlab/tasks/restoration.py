@@ -19,11 +19,16 @@ class Restoration(Task):
 
     The network predicts ``C H W`` values (the MLP's last layer, or the ViT's head) that are
     laid out as the image before the loss and the metric, so image losses (total variation,
-    perceptual) see images. PSNR is ``10 log10(range^2 / MSE)`` with the MSE over the whole
-    split.
+    perceptual: the guide's loss table) see images. PSNR is ``10 log10(range^2 / MSE)`` with
+    the MSE over the whole split.
+
+    A feature-space loss alone (``perceptual``) leaves pixel values loosely tied; ``pixel_weight``
+    adds a pixel term to whichever loss is chosen: ``L = loss + pixel_weight * MSE`` (guide
+    1.2.1).
 
     Args:
         data_range: the pixel range ``range`` of the PSNR (1 for images in [0, 1]).
+        pixel_weight: weight of the added MSE term; 0 trains on the chosen loss alone.
     """
 
     name = "restoration"

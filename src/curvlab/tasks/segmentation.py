@@ -18,6 +18,9 @@ from curvlab.tasks.metrics import MeanDice, MeanIoU
 class Segmentation(Task):
     """Mask logits ``(B, K, H, W)`` against 0/1 masks ``(B, K, H, W)``, a sigmoid per pixel.
 
+    Losses: Dice and IoU (guide 1.2.6), BCE with logits (1.2.4), sigmoid focal (1.2.5), and
+    BCE plus Dice.
+
     With ``model=vit`` the ViT is the backbone and a light decoder maps its patch tokens to the
     mask (:class:`~curvlab.models.heads.ViTSegmenter`, the guide's chapter 4.8 use); any other
     network predicts ``K H W`` logits that are reshaped to the mask. Mean IoU and mean Dice
@@ -29,6 +32,8 @@ class Segmentation(Task):
     """
 
     name = "segmentation"
+    # TODO(segmentation-classes): masks are 0/1 per channel with a sigmoid per pixel; class-index
+    # masks with a softmax over kinds (ce, focal) are not offered, so those losses are refused.
     losses = ("dice_bce", "dice", "iou", "bce_logits", "focal_binary")
 
     mask_shape: tuple[int, ...] = ()

@@ -94,6 +94,9 @@ def make_logger(logger_cfg: DictConfig, run_id: str | None = None) -> MLFlowLogg
         tags=run_tags(logger_cfg.tags or {}) if run_id is None else None,
         run_id=run_id,
         log_model=False,
+        # Metrics are queued and written by MLflow's background thread: a training step never
+        # waits for a database commit or a server round trip.
+        synchronous=False,
     )
 
 

@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ProgressBar
 from torch import nn
 
 from curvlab.data import ArrayDataModule
@@ -107,4 +108,8 @@ def build_trainer(cfg: DictConfig, logger: Any, **overrides: Any) -> pl.Trainer:
         for name, node in (cfg.get("callbacks") or {}).items()
         if node is not None
     ]
+    # trainer.enable_progress_bar=false is the one switch for quiet logs: the configured bar
+    # goes with it (Lightning refuses a bar callback on a trainer without one).
+    if not overrides.get("enable_progress_bar", cfg.trainer.get("enable_progress_bar", True)):
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     return _instantiate(cfg.trainer, "trainer", logger=logger, callbacks=callbacks, **overrides)

@@ -71,7 +71,12 @@ class CurvlabModule(pl.LightningModule):
         x, y = batch
         loss = self.objective(self.model(x), y)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+
+        # The logger keeps every log_every_n_steps-th value only; reading the rate on the other
+        # steps would be bookkeeping for nothing on every step.
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            lr = self.optimizers().param_groups[0]["lr"]
+            self.log("train/lr", lr, on_step=True, on_epoch=False)
         return loss
 
     def _evaluate(self, batch: Batch, stage: str, metrics: Any) -> None:
