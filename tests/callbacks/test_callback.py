@@ -3,15 +3,17 @@ on training, fail-fast refusal, and the plot."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
 import torch
 from curvature_helpers import RecordingLogger
 
-from curvlab.callbacks import CurvatureCallback
+from curvlab.callbacks import CurvatureCallback, CurvatureProbe
 from curvlab.callbacks.plot import plot_sharpness
 from curvlab.training.build import ConfigError, build_parts, build_trainer
 from curvlab_testing import compose_train
@@ -58,7 +60,11 @@ def fit(overrides: list[str], tmp_path: Path, logger=False) -> tuple[torch.nn.Mo
 def test_training_is_bit_identical_with_the_callback_on_or_off(run, tmp_path: Path) -> None:
     off, _ = fit(run, tmp_path / "off")
     logger = RecordingLogger()
-    curvature = ["callbacks=curvature", "callbacks.curvature.every_n_steps=5"]
+    curvature = [
+        "callbacks=curvature",
+        "callbacks.curvature.every_n_steps=5",
+        "callbacks.curvature.max_overhead=null",
+    ]
     on, trainer = fit([*run, *curvature], tmp_path / "on", logger)
 
     off_state, on_state = off.state_dict(), on.state_dict()
@@ -77,7 +83,12 @@ def test_training_is_bit_identical_with_the_callback_on_or_off(run, tmp_path: Pa
 
 
 def test_lamb_trust_ratios_are_logged_per_tensor(tmp_path: Path) -> None:
-    run = ["optimizer=lamb", "+trainer.max_steps=10", "callbacks=curvature"]
+    run = [
+        "optimizer=lamb",
+        "+trainer.max_steps=10",
+        "callbacks=curvature",
+        "callbacks.curvature.max_overhead=null",
+    ]
     schedule = ["callbacks.curvature.every_n_steps=5", "callbacks.curvature.figures=[stability]"]
     logger = RecordingLogger()
 
@@ -97,6 +108,7 @@ def test_epoch_schedule_measures_at_epoch_ends(tmp_path: Path) -> None:
         "callbacks.curvature.every_n_steps=null",
         "callbacks.curvature.every_n_epochs=1",
         "callbacks.curvature.at_start=false",
+        "callbacks.curvature.max_overhead=null",
         "callbacks.curvature.figures=[lambda_max,gradient_curvature]",
         "trainer.max_epochs=2",
     ]
@@ -159,3 +171,43 @@ def test_loss_curve_is_thinned_to_a_bounded_number_of_points() -> None:
     assert len(steps) <= 4096
     assert steps == list(range(4, 10_001, 4))  # every 4th step once 4,096 points overflowed
     assert all(v == pytest.approx(1.0 / s) for s, v in callback.losses)
+
+
+def test_budget_skips_due_measurements_beyond_the_overhead_share(monkeypatch) -> None:
+    callback = CurvatureCallback(max_overhead=0.25)
+    trainer = SimpleNamespace(world_size=1)
+    clock = {"now": 0.0}
+    monkeypatch.setattr("curvlab.callbacks.curvature.time.perf_counter", lambda: clock["now"])
+    callback._clock_start, callback._spent, callback._last_cost = 0.0, 0.5, 0.25
+
+    # 0.5 s measured out of 3.5 s leaves 3 s of training; another 0.25 s makes exactly 25%.
+    clock["now"] = 3.5
+    assert callback._affordable(trainer)
+    clock["now"] = 3.25
+    assert not callback._affordable(trainer)
+    callback.max_overhead = None
+    assert callback._affordable(trainer)
+
+
+def test_slow_measurements_are_skipped_in_a_run(tmp_path: Path, monkeypatch) -> None:
+    """A measurement that takes 0.2 s, due every step of a 30-step run, fits the 3% budget
+    only once (the first, which is always taken) unless a step took over 0.2 s."""
+    measure = CurvatureProbe.measure
+
+    def slow(self, *args, **kwargs):
+        time.sleep(0.2)
+        return measure(self, *args, **kwargs)
+
+    monkeypatch.setattr(CurvatureProbe, "measure", slow)
+    logger = RecordingLogger()
+    schedule = [
+        "callbacks=curvature",
+        "callbacks.curvature.every_n_steps=1",
+        "callbacks.curvature.figures=[gradient_curvature]",
+        "+trainer.max_steps=30",
+    ]
+
+    fit(schedule, tmp_path, logger)
+
+    assert [s for s, _ in logger.history["curvature/gradient_curvature"]] == [0]
+    assert logger.history["curvature/time_share"][0][1] > 0

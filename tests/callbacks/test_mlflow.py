@@ -14,7 +14,11 @@ def history(workdir: Path, run_id: str, key: str) -> dict[int, float]:
 
 
 def test_figures_and_plot_are_logged_to_mlflow(train_cli, tmp_path: Path) -> None:
-    schedule = ["callbacks=curvature", "callbacks.curvature.every_n_steps=20"]
+    schedule = [
+        "callbacks=curvature",
+        "callbacks.curvature.every_n_steps=20",
+        "callbacks.curvature.max_overhead=null",
+    ]
     train_cli(*QUICK, "optimizer=lamb", *schedule)
 
     (run,) = runs_of(tmp_path)
@@ -55,6 +59,7 @@ def test_ddp_run_logs_the_figures_of_one_process(tmp_path: Path) -> None:
     """Two CPU ranks measure their shards of the fixed batch; at step 0 (same weights) the
     logged figures equal a one-process run's up to float32 rounding in Lanczos."""
     args = [*QUICK, "trainer.max_epochs=1", "callbacks=curvature", "test_after_fit=false"]
+    args.append("callbacks.curvature.max_overhead=null")
     ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()

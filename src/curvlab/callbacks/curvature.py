@@ -16,8 +16,8 @@ every rank holds the figures of the whole batch, and rank zero logs them.
 
 from __future__ import annotations
 
-import logging
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,8 +31,6 @@ from curvlab.callbacks.measure import FIGURES, CurvatureProbe, Method, shard, sh
 from curvlab.callbacks.stability import StabilityRule, lamb_trust_ratios, stability_rule
 from curvlab.curvature import check_second_order
 from curvlab.optim import Lamb
-
-log = logging.getLogger(__name__)
 
 PLOT_NAME = "sharpness.png"
 # The loss curve of the plot keeps at most this many points (thinned by 2 whenever exceeded).
@@ -52,6 +50,10 @@ class CurvatureCallback(pl.Callback):
         every_n_epochs: measure after every this many training epochs; None: not by epochs.
         at_start: also measure once before the first step (step 0).
         at_end: also measure once when fitting ends, unless that step was just measured.
+        max_overhead: skip a measurement due by the schedule (or at the end) if, at the cost
+            of the previous one, it would bring the time spent measuring above this share of
+            the training time so far; None measures on schedule whatever it costs. The first
+            measurement is always taken.
         figures: which of ``lambda_max``, ``trace``, ``gradient_curvature``, ``stability``.
         top_k: eigenvalues logged (``curvature/lambda_max``, ``curvature/lambda_2``, ...).
         max_iter: cap on Lanczos steps (HVPs) per eigenvalue run.
@@ -69,10 +71,11 @@ class CurvatureCallback(pl.Callback):
 
     def __init__(
         self,
-        every_n_steps: int | None = 500,
+        every_n_steps: int | None = 100,
         every_n_epochs: int | None = None,
         at_start: bool = True,
         at_end: bool = True,
+        max_overhead: float | None = 0.03,
         figures: list[str] | tuple[str, ...] = FIGURES,
         top_k: int = 1,
         max_iter: int = 20,
@@ -90,12 +93,15 @@ class CurvatureCallback(pl.Callback):
         for name, value in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
             if value is not None and value < 1:
                 raise ValueError(f"CurvatureCallback: {name}={value} must be positive or null.")
+        if max_overhead is not None and max_overhead <= 0:
+            raise ValueError(f"CurvatureCallback: max_overhead={max_overhead} must be > 0.")
         if source not in ("measurement", "train"):
             raise ValueError(f"CurvatureCallback: source={source!r}; use measurement or train.")
         self.every_n_steps = every_n_steps
         self.every_n_epochs = every_n_epochs
         self.at_start = at_start
         self.at_end = at_end
+        self.max_overhead = max_overhead
         self.source = source
         self.plot = plot
         self.plot_dir = plot_dir
@@ -113,6 +119,9 @@ class CurvatureCallback(pl.Callback):
         self._last_step = -1
         self._batch_idx = 0
         self._optimizer_name: str | None = None
+        self._clock_start = 0.0
+        self._spent = 0.0
+        self._last_cost = 0.0
         self._warned: set[str] = set()
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -126,6 +135,7 @@ class CurvatureCallback(pl.Callback):
             raise ConfigError(f"callbacks.curvature: {err}") from err
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._clock_start, self._spent, self._last_cost = time.perf_counter(), 0.0, 0.0
         if self.at_start and trainer.global_step == 0:
             self._measure(trainer, pl_module)
 
@@ -157,16 +167,18 @@ class CurvatureCallback(pl.Callback):
 
         # With gradient accumulation several batches end at the same optimizer step.
         step = trainer.global_step
-        if self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step:
+        due = self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step
+        if due and self._affordable(trainer):
             self._measure(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         n = self.every_n_epochs
-        if n and (trainer.current_epoch + 1) % n == 0 and trainer.global_step != self._last_step:
+        due = n and (trainer.current_epoch + 1) % n == 0 and trainer.global_step != self._last_step
+        if due and self._affordable(trainer):
             self._measure(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.at_end and trainer.global_step != self._last_step:
+        if self.at_end and trainer.global_step != self._last_step and self._affordable(trainer):
             self._measure(trainer, pl_module)
         if self.plot and self.records and trainer.is_global_zero:
             self._log_plot(trainer)
@@ -204,7 +216,20 @@ class CurvatureCallback(pl.Callback):
         epoch_done = self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0
         return bool(last_batch and epoch_done)
 
+    def _affordable(self, trainer: pl.Trainer) -> bool:
+        """Whether the time spent measuring is within ``max_overhead`` of the training time."""
+        if self.max_overhead is None:
+            return True
+        # The next measurement is expected to cost what the last one did.
+        training = time.perf_counter() - self._clock_start - self._spent
+        affordable = self._spent + self._last_cost <= self.max_overhead * training
+        # Clocks differ between ranks; rank zero decides, as every rank must join a measurement.
+        if trainer.world_size > 1:
+            affordable = trainer.strategy.broadcast(affordable, src=0)
+        return bool(affordable)
+
     def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        start = time.perf_counter()
         self._last_step = trainer.global_step
         model = _network(pl_module)
         batch, reduce = self._local_batch(trainer, pl_module)
@@ -217,6 +242,10 @@ class CurvatureCallback(pl.Callback):
             figures.update(
                 {f"curvature/trust_ratio/{k}": v for k, v in self._trust_ratios.items()}
             )
+        self._last_cost = time.perf_counter() - start
+        self._spent += self._last_cost
+        training = time.perf_counter() - self._clock_start - self._spent
+        figures["curvature/time_share"] = self._spent / max(training, 1e-9)
         for logger in trainer.loggers:
             logger.log_metrics(figures, step=trainer.global_step)
         self.records.append({"step": float(trainer.global_step), **figures})

@@ -56,7 +56,8 @@ def plot_sharpness(
     if drawn and min(drawn) > 0 and max(drawn) > 20 * min(drawn):
         left.set_yscale("log")
     left.set(xlabel="step", ylabel="sharpness", title=f"Sharpness on the {source}")
-    left.legend(loc="best")
+    if drawn:
+        left.legend(loc="best")
 
     if losses:
         loss_steps, values = zip(*losses, strict=True)
