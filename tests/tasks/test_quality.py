@@ -1,7 +1,8 @@
 """Each task's recipe reaches a stated quality on its test split in a short CPU run.
 
-The figures and commands are recorded in docs/tasks.md; each run takes seconds to a couple of
-minutes on one thread. Thresholds sit below the measured values by the seed-to-seed spread.
+The figures and commands are recorded in the README (Tasks and losses); each run takes seconds
+to a couple of minutes on one thread. Thresholds sit below the measured values by the
+seed-to-seed spread.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def test_digit_attributes_are_told_apart(loss: str, fit) -> None:
 @pytest.mark.parametrize("loss", ["mse", "mae", "huber", "smooth_l1"])
 def test_diabetes_progression_is_predicted(loss: str, fit) -> None:
     # Least squares on the same split: test R^2 0.53, MAE 40.9; 66 test patients make R^2 move
-    # by a few hundredths between checkpoints (measured: 0.52 to 0.56, see docs/tasks.md).
+    # by a few hundredths between checkpoints (measured: 0.52 to 0.56, see the README).
     result = fit(loss, "experiment=regression")
 
     assert result.test["test/r2"] >= 0.48
