@@ -22,11 +22,13 @@ $(CHECKOV):
 	$(OPS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check checkov==3.3.30
 
 # Tools the tests call that are not Python packages: docker-compose validates the compose file;
-# iproute2 and unshare build the simulated pods; PostgreSQL backs the loopback MLflow server.
+# iproute2 and unshare build the simulated pods; PostgreSQL backs the loopback MLflow server;
+# a C compiler builds LAMB's CPU kernel.
 system-packages:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  missing=""; \
 	  command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	  command -v cc >/dev/null || missing="$$missing gcc libc6-dev"; \
 	  command -v ip >/dev/null || missing="$$missing iproute2"; \
 	  command -v unshare >/dev/null || missing="$$missing util-linux"; \
 	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \

@@ -54,7 +54,9 @@ def variants(fused_ok: bool) -> dict[str, Callable[[list[torch.Tensor]], torch.o
         out["torch AdamW fused=True"] = lambda p: torch.optim.AdamW(p, lr=1e-3, fused=True)
     out |= {
         "curvlab Lamb foreach=False": lambda p: Lamb(p, lr=1e-3, foreach=False),
-        "curvlab Lamb (multi-tensor)": lambda p: Lamb(p, lr=1e-3),
+        "curvlab Lamb foreach=True": lambda p: Lamb(p, lr=1e-3, foreach=True),
+        # foreach=None: the compiled CPU kernel on the CPU, the multi-tensor path on CUDA.
+        "curvlab Lamb (default)": lambda p: Lamb(p, lr=1e-3),
         # timm clips the global gradient norm at 1.0 by default; curvlab's clipping is off.
         "timm Lamb": lambda p: TimmLamb(p, lr=1e-3, max_grad_norm=None),
         "timm Lamb foreach=True": lambda p: TimmLamb(p, lr=1e-3, max_grad_norm=None, foreach=True),

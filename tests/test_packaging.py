@@ -45,6 +45,8 @@ def test_wheel_carries_the_configs_and_runs_from_anywhere(tmp_path: Path) -> Non
     assert (Path(config_dir) / "train.yaml").is_file()
     assert (Path(config_dir) / "model" / "vit.yaml").is_file()
     assert (Path(guide_dir) / "example" / "worked_example_3.yaml").is_file()
+    # LAMB's CPU kernel is built from its C source on first use.
+    assert (site / "curvlab" / "optim" / "lamb_cpu.c").is_file()
 
     job = subprocess.run(
         [sys.executable, "-m", "curvlab.cli.train", "--cfg", "job", "model=vit"],

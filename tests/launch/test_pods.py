@@ -235,12 +235,14 @@ def test_two_pods_train_one_run_with_equal_weights(cluster: Cluster, admin_env: 
 def test_killed_pod_fails_the_job_fast_and_relaunch_resumes_the_run(
     cluster: Cluster, admin_env: None
 ) -> None:
-    max_epochs = 4
+    # Enough epochs that the kill lands mid-run: an epoch of this job takes well under a
+    # second once it runs, and 4 epochs were once all done 2 s after the first checkpoint.
+    max_epochs = 12
     job = Job(cluster, "killed-pod", [f"trainer.max_epochs={max_epochs}"])
     job.start()
     try:
         job.wait_for_checkpoint()
-        time.sleep(2)  # into the next epoch, so that work after the checkpoint is lost
+        time.sleep(0.5)  # into the next epoch, so that work after the checkpoint is lost
 
         # Deleting a pod kills all its processes; the kernel resets their connections.
         pods.kill_pod(job.procs[1])

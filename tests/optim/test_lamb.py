@@ -5,15 +5,43 @@ from __future__ import annotations
 import functools
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
 from torch import Tensor
 
-from curvlab.optim import Lamb
+from curvlab.optim import Lamb, lamb_cpu
 
 LR = 0.01
+
+# foreach=None takes the compiled CPU kernel (lamb_cpu.c) for groups with layer adaptation;
+# True and False force PyTorch's multi-tensor ops and the per-tensor transcription.
+PATHS = pytest.mark.parametrize(
+    "foreach", [None, True, False], ids=["cpu-kernel", "multi-tensor", "per-tensor"]
+)
+
+
+@pytest.fixture(autouse=True)
+def kernel_calls(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[list[int]]:
+    """Counts kernel calls; a cpu-kernel case fails unless the kernel really ran."""
+    calls: list[int] = []
+    real_step = lamb_cpu.step
+
+    def counted(*args: object, **kwargs: object) -> Tensor:
+        calls.append(1)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(lamb_cpu, "step", counted)
+    yield calls
+    if "cpu-kernel" in request.node.name:
+        assert lamb_cpu.load() is not None, (
+            "the CPU kernel did not build (is a C compiler on PATH?)"
+        )
+        assert calls, "the cpu-kernel case never reached the kernel"
+
 
 # Four tensors of a tiny two-layer net: weights decay and adapt, biases do neither; b1 starts at
 # zero, so its ||x|| is 0 on the first step.
@@ -83,7 +111,7 @@ def paper_lamb(
 
 
 def curvlab_lamb(
-    steps: int, dtype: torch.dtype, foreach: bool, **kwargs: object
+    steps: int, dtype: torch.dtype, foreach: bool | None, **kwargs: object
 ) -> dict[str, Tensor]:
     x = {n: torch.nn.Parameter(t.to(dtype)) for n, t in initial_params().items()}
     groups = [
@@ -117,9 +145,9 @@ VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("foreach", [True, False], ids=["multi-tensor", "per-tensor"])
+@PATHS
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_100_steps_match_the_paper_in_float64(variant: str, foreach: bool) -> None:
+def test_100_steps_match_the_paper_in_float64(variant: str, foreach: bool | None) -> None:
     ours_kwargs, ref_kwargs = VARIANTS[variant]
     ref = paper_lamb(100, **ref_kwargs)
     ours = curvlab_lamb(100, torch.float64, foreach, **ours_kwargs)
@@ -130,8 +158,8 @@ def test_100_steps_match_the_paper_in_float64(variant: str, foreach: bool) -> No
     assert min(float((ref[n] - start[n]).norm()) for n in ref) > 0.01
 
 
-@pytest.mark.parametrize("foreach", [True, False], ids=["multi-tensor", "per-tensor"])
-def test_float32_parameters_track_the_float64_algorithm(foreach: bool) -> None:
+@PATHS
+def test_float32_parameters_track_the_float64_algorithm(foreach: bool | None) -> None:
     ours = curvlab_lamb(100, torch.float32, foreach)
 
     assert max_rel_err(ours, paper_lamb(100)) < 2e-5
@@ -174,8 +202,8 @@ def one_step(x0: list[float], g: list[float], **kwargs: object) -> Tensor:
     return p.detach()
 
 
-@pytest.mark.parametrize("foreach", [True, False], ids=["multi-tensor", "per-tensor"])
-def test_zero_norm_tensors_take_a_trust_ratio_of_one(foreach: bool) -> None:
+@PATHS
+def test_zero_norm_tensors_take_a_trust_ratio_of_one(foreach: bool | None) -> None:
     g = [0.3, -2.0, 0.0]
     r = torch.tensor([x / (abs(x) + 1e-6) for x in g], dtype=torch.float64)  # m_hat/(|g|+eps)
 
@@ -195,7 +223,7 @@ def test_zero_norm_tensors_take_a_trust_ratio_of_one(foreach: bool) -> None:
     torch.testing.assert_close(x1, (1 - LR) * torch.tensor([1.0, 2.0, 2.0], dtype=torch.float64))
 
 
-@pytest.mark.parametrize("foreach", [True, False], ids=["multi-tensor", "per-tensor"])
+@PATHS
 @pytest.mark.parametrize(
     ("bounds", "phi"),
     [
@@ -206,7 +234,7 @@ def test_zero_norm_tensors_take_a_trust_ratio_of_one(foreach: bool) -> None:
     ],
 )
 def test_step_length_is_eta_times_clipped_weight_norm(
-    bounds: dict[str, float], phi: float, foreach: bool
+    bounds: dict[str, float], phi: float, foreach: bool | None
 ) -> None:
     # ||x|| = 5; the step eta * phi(||x||) / ||u|| * u has length eta * phi(||x||).
     x1 = one_step([3.0, 4.0], [0.5, -1.0], weight_decay=0.01, foreach=foreach, **bounds)
@@ -215,8 +243,8 @@ def test_step_length_is_eta_times_clipped_weight_norm(
     assert step == pytest.approx(LR * phi, rel=1e-12)
 
 
-@pytest.mark.parametrize("foreach", [True, False], ids=["multi-tensor", "per-tensor"])
-def test_lambc_caps_the_trust_ratio_at_one(foreach: bool) -> None:
+@PATHS
+def test_lambc_caps_the_trust_ratio_at_one(foreach: bool | None) -> None:
     g = [0.5, -1.0]
     u_norm = math.hypot(*(x / (abs(x) + 1e-6) for x in g))  # r_t = g / (|g| + eps) at t = 1
 
@@ -237,8 +265,10 @@ def test_lambc_caps_the_trust_ratio_at_one(foreach: bool) -> None:
     )
 
 
-@pytest.mark.parametrize("foreach", [True, False], ids=["multi-tensor", "per-tensor"])
-def test_global_clipping_scales_what_the_moments_see_and_leaves_grads(foreach: bool) -> None:
+@PATHS
+def test_global_clipping_scales_what_the_moments_see_and_leaves_grads(
+    foreach: bool | None,
+) -> None:
     gen = torch.Generator().manual_seed(3)
     init = [torch.randn(4, 3, generator=gen), torch.randn(5, generator=gen)]
     grads = [10 * torch.randn(x.shape, generator=gen) for x in init]
@@ -266,8 +296,9 @@ def test_global_clipping_scales_what_the_moments_see_and_leaves_grads(foreach: b
     assert all(torch.equal(a, b) for a, b in zip(loose, plain, strict=True))
 
 
-@pytest.mark.parametrize("foreach", [True, False], ids=["multi-tensor", "per-tensor"])
-def test_state_is_float32_with_adams_keys_for_bf16_parameters(foreach: bool) -> None:
+# bf16 is not the kernel's: foreach=None takes the multi-tensor path for it.
+@pytest.mark.parametrize("foreach", [None, False], ids=["multi-tensor", "per-tensor"])
+def test_state_is_float32_with_adams_keys_for_bf16_parameters(foreach: bool | None) -> None:
     p = torch.nn.Parameter(torch.randn(4, 4).bfloat16())
     q = torch.nn.Parameter(torch.randn(4, 4))
     p.grad, q.grad = torch.randn(4, 4).bfloat16(), torch.randn(4, 4)
@@ -299,8 +330,8 @@ def train(params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, steps: r
         opt.step()
 
 
-@pytest.mark.parametrize("foreach", [True, False], ids=["multi-tensor", "per-tensor"])
-def test_resume_from_a_state_dict_is_bit_exact(foreach: bool) -> None:
+@PATHS
+def test_resume_from_a_state_dict_is_bit_exact(foreach: bool | None) -> None:
     gen = torch.Generator().manual_seed(4)
     params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in [(6, 3), (3,)]]
     opt = Lamb(params, lr=LR, foreach=foreach)
@@ -337,12 +368,14 @@ def test_adam_state_loads_and_continues_from_its_moments() -> None:
     assert float(lamb.state[p]["step"]) == 6.0
 
 
-def test_the_step_reads_no_tensor_on_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_step_reads_no_tensor_on_the_host(
+    monkeypatch: pytest.MonkeyPatch, kernel_calls: list[int]
+) -> None:
     def refuse(*_: object, **__: object) -> None:
         raise AssertionError("host read of a tensor inside Lamb.step")
 
     ours = {}
-    for foreach in (True, False):
+    for foreach in (None, True, False):
         x = {n: torch.nn.Parameter(t.float()) for n, t in initial_params().items()}
         opt = Lamb(
             list(x.values()),
@@ -370,8 +403,10 @@ def test_the_step_reads_no_tensor_on_the_host(monkeypatch: pytest.MonkeyPatch) -
     # The guarded steps did the work: both paths moved every tensor, and agree.
     start = [t.float() for t in initial_params().values()]
     assert all(not torch.equal(a, b) for a, b in zip(ours[True], start, strict=True))
-    for a, b in zip(ours[True], ours[False], strict=True):
+    for kernel, a, b in zip(ours[None], ours[True], ours[False], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(kernel, b, rtol=1e-6, atol=1e-7)
+    assert kernel_calls
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
