@@ -6,8 +6,6 @@ ratios agree without further communication.
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -49,11 +47,13 @@ def flat_params(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
-def worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
+def worker(rank: int, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
+    # A file rendezvous: no port to pick, so no race with other tests' processes for one.
+    store = Path(out_dir) / "rendezvous"
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD_SIZE
+    )
     try:
         model = nn.parallel.DistributedDataParallel(make_model())
         opt = make_optimizer(model.module)
@@ -69,16 +69,10 @@ def worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.ddp
 @pytest.mark.timeout(120)
 def test_two_ranks_hold_identical_parameters(tmp_path: Path) -> None:
-    mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    mp.spawn(worker, args=(str(tmp_path),), nprocs=WORLD_SIZE, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD_SIZE)]
 
     # One process on the whole batch takes the same steps (up to the all-reduce's rounding).

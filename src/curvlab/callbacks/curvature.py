@@ -75,7 +75,7 @@ class CurvatureCallback(pl.Callback):
         every_n_epochs: int | None = None,
         at_start: bool = True,
         at_end: bool = True,
-        max_overhead: float | None = 0.03,
+        max_overhead: float | None = 0.02,
         figures: list[str] | tuple[str, ...] = FIGURES,
         top_k: int = 1,
         max_iter: int = 20,
