@@ -59,12 +59,12 @@ def _cache_dir() -> Path:
     configured = os.environ.get("CURVLAB_CACHE_DIR")
     if configured:
         return Path(configured)
-    home = Path.home() / ".cache" / "curvlab"
     try:
+        home = Path.home() / ".cache" / "curvlab"
         home.mkdir(parents=True, exist_ok=True)
         if os.access(home, os.W_OK):
             return home
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: no home directory can be found
         pass
     # A read-only home (a locked-down container) still has a writable temporary directory.
     return Path(tempfile.gettempdir()) / f"curvlab-{os.getuid()}"
@@ -196,9 +196,9 @@ def step(
     def pointers(items: list[Tensor], shard: list[int]) -> ctypes.Array:
         return (ctypes.c_void_p * len(shard))(*[items[i].data_ptr() for i in shard])
 
-    def run(k: int) -> None:
+    def run(k: int) -> Tensor:
         shard = shards[k]
-        # The kernel writes trust ratios in shard order; a contiguous slice per shard.
+        # The kernel writes the shard's trust ratios in shard order.
         out = torch.empty(len(shard), dtype=torch.float32)
         getattr(lib, _SYMBOLS[dtype])(
             len(shard),
@@ -213,11 +213,11 @@ def step(
             None if scale is None else scale.data_ptr(),
             out.data_ptr(),
         )
-        trust_ratio[shard] = out
+        return out
 
     # ctypes releases the GIL during the call, so shards run in parallel on threads.
-    if len(shards) == 1:
-        run(0)
-    else:
-        list(_pool(len(shards)).map(run, range(len(shards))))
+    indices = range(len(shards))
+    outs = [run(0)] if len(shards) == 1 else list(_pool(len(shards)).map(run, indices))
+    for shard, out in zip(shards, outs, strict=True):
+        trust_ratio[shard] = out
     return trust_ratio
