@@ -27,6 +27,7 @@ AdamW's 28. The per-tensor path spells the algorithm out.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -198,7 +199,9 @@ class Lamb(torch.optim.Optimizer):
         return loss
 
     @staticmethod
-    def _cpu_kernel(group: dict[str, Any], tensors: tuple[list[Tensor], ...]) -> Any:
+    def _cpu_kernel(
+        group: dict[str, Any], tensors: tuple[list[Tensor], ...]
+    ) -> ctypes.CDLL | None:
         """The compiled CPU kernel where it applies to this group, else None."""
         params, grads, exp_avgs, exp_avg_sqs, _ = tensors
         # Without layer adaptation the fused AdamW kernel is the step already; a tensor

@@ -117,7 +117,7 @@ def load() -> ctypes.CDLL | None:
     for symbol in _SYMBOLS.values():
         fn = getattr(lib, symbol)
         fn.restype = None
-        fn.argtypes = [ctypes.c_int64, *[ctypes.c_void_p] * 8, ctypes.c_void_p, ctypes.c_void_p]
+        fn.argtypes = [ctypes.c_int64, *[ctypes.c_void_p] * 9]
     return lib
 
 
@@ -155,8 +155,8 @@ def step(
     group: dict[str, Any],
     grad_scale: Tensor | None,
     scratch: dict[torch.dtype, list[Tensor]],
-) -> Tensor:
-    """One LAMB step of a group in place; returns the trust ratio of each tensor.
+) -> None:
+    """One LAMB step of a group, in place.
 
     Args:
         lib: from :func:`load`.
@@ -180,7 +180,6 @@ def step(
         trust_clip=int(group["trust_clip"]),
     )
     scale = None if grad_scale is None else grad_scale.to(dtype)
-    trust_ratio = torch.empty(len(params), dtype=torch.float32)
 
     numels = [p.numel() for p in params]
     workers = max(1, min(torch.get_num_threads(), sum(numels) // _MIN_NUMEL_PER_THREAD))
@@ -196,10 +195,8 @@ def step(
     def pointers(items: list[Tensor], shard: list[int]) -> ctypes.Array:
         return (ctypes.c_void_p * len(shard))(*[items[i].data_ptr() for i in shard])
 
-    def run(k: int) -> Tensor:
+    def run(k: int) -> None:
         shard = shards[k]
-        # The kernel writes the shard's trust ratios in shard order.
-        out = torch.empty(len(shard), dtype=torch.float32)
         getattr(lib, _SYMBOLS[dtype])(
             len(shard),
             pointers(params, shard),
@@ -211,13 +208,10 @@ def step(
             buffers[k].data_ptr(),
             ctypes.addressof(args),
             None if scale is None else scale.data_ptr(),
-            out.data_ptr(),
         )
-        return out
 
     # ctypes releases the GIL during the call, so shards run in parallel on threads.
-    indices = range(len(shards))
-    outs = [run(0)] if len(shards) == 1 else list(_pool(len(shards)).map(run, indices))
-    for shard, out in zip(shards, outs, strict=True):
-        trust_ratio[shard] = out
-    return trust_ratio
+    if len(shards) == 1:
+        run(0)
+    else:
+        list(_pool(len(shards)).map(run, range(len(shards))))
