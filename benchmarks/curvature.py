@@ -83,13 +83,16 @@ def _candidates(case: Case, loss_fn: nn.Module) -> dict[str, Callable[[], object
     v = [torch.randn_like(p) for p in params]
     with measurement_mode(model):
         operator = HessianOperator(model, loss_fn, batch, method="reverse")
-    return {
+    candidates = {
         "gradient": lambda: torch.autograd.grad(loss_fn(model(batch[0]), batch[1]), params),
         "hvp reverse": lambda: hvp(model, loss_fn, batch, v, method="reverse"),
         "hvp forward": lambda: hvp(model, loss_fn, batch, v, method="forward"),
-        "hvp auto": lambda: hvp(model, loss_fn, batch, v, method="auto"),
-        "further product": lambda: operator.matvec(v),
     }
+    if isinstance(model, MLP):
+        candidates["hvp rop"] = lambda: hvp(model, loss_fn, batch, v, method="rop")
+    candidates["hvp auto"] = lambda: hvp(model, loss_fn, batch, v, method="auto")
+    candidates["further product (reverse)"] = lambda: operator.matvec(v)
+    return candidates
 
 
 def hvp_vs_gradient(args: argparse.Namespace) -> list[Row]:

@@ -61,6 +61,35 @@ def test_model_and_rng_are_left_as_found(name: str) -> None:
     assert torch.equal(rng, torch.get_rng_state())
 
 
+class FrozenStats(nn.Sequential):
+    """Overrides ``train`` (keeps its batch norm in eval mode), as fine-tuning code does."""
+
+    def train(self, mode: bool = True) -> FrozenStats:
+        super().train(mode)
+        self.calls.append(mode)
+        self[1].eval()
+        return self
+
+
+def test_modules_that_override_train_are_called_and_restored() -> None:
+    """measurement_mode sets flags directly, except where ``train`` does more than that."""
+    torch.manual_seed(0)
+    inner = FrozenStats(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5)).double()
+    inner.calls = []
+    model = nn.Sequential(inner, nn.Linear(8, 3)).double()
+    model.train()
+    modes = [m.training for m in model.modules()]  # the batch norm is in eval mode
+    inner.calls.clear()
+    seen = []
+
+    with curvature.measurement_mode(model):
+        seen = [m.training for m in model.modules()]
+
+    assert inner.calls == [False, True]
+    assert seen == [False] * len(seen)
+    assert modes == [m.training for m in model.modules()] and not modes[3]
+
+
 def test_dropout_is_off_during_measurement() -> None:
     """In train mode the product equals the eval-mode one, call after call."""
     model = noisy_model()

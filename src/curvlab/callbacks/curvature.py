@@ -61,7 +61,8 @@ class CurvatureCallback(pl.Callback):
         trace_probes: Hutchinson probes (HVPs) per trace estimate.
         seed: seed of the start and probe vectors, shared by all ranks and measurements.
         warm_start: start each Lanczos run from the previous measurement's eigenvectors.
-        method: HVP method, ``reverse`` (double backward), ``forward`` or ``auto``.
+        method: HVP method, ``auto`` (R-operator for the MLP, else timed), ``rop``,
+            ``reverse`` (double backward) or ``forward``.
         source: ``measurement`` (the datamodule's held-out batch) or ``train`` (the whole
             training split, for full-batch runs whose sharpness is that of the training loss).
         plot: draw the sharpness plot at the end of fitting and log it as an artifact.
@@ -83,7 +84,7 @@ class CurvatureCallback(pl.Callback):
         trace_probes: int = 10,
         seed: int = 0,
         warm_start: bool = True,
-        method: Method = "reverse",
+        method: Method = "auto",
         source: Literal["measurement", "train"] = "measurement",
         plot: bool = True,
         plot_dir: str | None = None,

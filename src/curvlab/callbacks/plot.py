@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullLocator
 
 
 def plot_sharpness(
@@ -54,7 +56,7 @@ def plot_sharpness(
         drawn += [value for _, value in threshold]
     # An adaptive optimizer's preconditioned figures lie orders of magnitude above H's.
     if drawn and min(drawn) > 0 and max(drawn) > 20 * min(drawn):
-        left.set_yscale("log")
+        _log_scale(left)
     left.set(xlabel="step", ylabel="sharpness", title=f"Sharpness on the {source}")
     if drawn:
         left.legend(loc="best")
@@ -64,9 +66,21 @@ def plot_sharpness(
         right.plot(loss_steps, values, lw=1)
         # A log scale only where the loss spans more than a decade.
         if min(values) > 0 and max(values) > 10 * min(values):
-            right.set_yscale("log")
+            _log_scale(right)
     right.set(xlabel="step", ylabel="training loss", title="Training loss")
+    for axes in (left, right):
+        axes.xaxis.set_major_locator(MaxNLocator(6, integer=True, steps=[1, 2, 2.5, 5, 10]))
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return path
+
+
+def _log_scale(axes: Axes) -> None:
+    """A log y axis with plain-number labels (0.01) and no minor ticks.
+
+    Minor ticks and matplotlib's mathtext labels (10^k) were two thirds of the drawing time.
+    """
+    axes.set_yscale("log")
+    axes.yaxis.set_minor_locator(NullLocator())
+    axes.yaxis.set_major_formatter(FormatStrFormatter("%g"))

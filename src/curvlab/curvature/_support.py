@@ -70,8 +70,12 @@ def dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
     return sum((x * y).sum() for x, y in zip(a, b, strict=True))
 
 
-def check_second_order(model: nn.Module) -> None:
+def check_second_order(model: nn.Module, modules: Sequence[nn.Module] | None = None) -> None:
     """Refuse models whose forward cannot be differentiated twice.
+
+    Args:
+        model: the network.
+        modules: ``list(model.modules())`` when the caller has it already.
 
     Raises:
         ValueError: the model is DDP-wrapped or compiled, or has a fused attention kernel
@@ -88,13 +92,14 @@ def check_second_order(model: nn.Module) -> None:
             "torch.compile'd modules do not support double backward; pass model._orig_mod."
         )
 
-    modules = model.named_modules()
-    fused = [name or "<root>" for name, m in modules if getattr(m, "fused_attn", False)]
+    modules = list(model.modules()) if modules is None else modules
+    fused = [m for m in modules if getattr(m, "fused_attn", False)]
     if fused:
+        names = {id(m): name for name, m in model.named_modules()}
         raise ValueError(
-            f"{len(fused)} attention module(s) (first: {fused[0]}) use the fused "
-            "scaled-dot-product kernel, which has no second derivative; curvature needs "
-            f"plain-math attention: set {ATTENTION_FIX} (or call "
+            f"{len(fused)} attention module(s) (first: {names[id(fused[0])] or '<root>'}) use "
+            "the fused scaled-dot-product kernel, which has no second derivative; curvature "
+            f"needs plain-math attention: set {ATTENTION_FIX} (or call "
             "curvlab.models.vit.set_attention_impl(model, 'math'))."
         )
 
@@ -118,26 +123,43 @@ def measurement_mode(model: nn.Module) -> Iterator[None]:
     every buffer and the CPU/CUDA RNG states are restored. Parameters and ``.grad`` are never
     written by the curvature code (it uses ``torch.autograd.grad``), so they need no copy.
     """
-    check_second_order(model)
-
-    modes = [(m, m.training) for m in model.modules()]
+    # One list of the modules serves the check and the flags: a single product on a small
+    # model costs a few hundred microseconds, and each ``modules()`` or ``train()`` walk of a
+    # module tree adds tens of them.
+    modules = list(model.modules())
+    check_second_order(model, modules)
+    modes = [m.training for m in modules]
     saved = [(b, b.detach().clone()) for b in model.buffers()]
-    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    cuda = {p.device.index or 0 for p in model.parameters() if p.is_cuda}
 
     with (
-        torch.random.fork_rng(devices=cuda),
+        torch.random.fork_rng(devices=sorted(cuda)),
         torch.inference_mode(False),
         torch.enable_grad(),
     ):
-        model.eval()
+        _set_training(modules, [False] * len(modules))
         try:
             yield
         finally:
-            for module, training in modes:
-                module.training = training
+            _set_training(modules, modes)
             with torch.no_grad():
                 for buffer, value in saved:
                     buffer.copy_(value)
+
+
+def _set_training(modules: Sequence[nn.Module], flags: Sequence[bool]) -> None:
+    """What ``Module.train(flag)`` does to each module, without its recursion.
+
+    ``training`` is a plain instance attribute; setting it through ``object.__setattr__``
+    skips ``nn.Module.__setattr__``'s parameter and submodule checks. Modules that override
+    ``train`` (to do more than set the flag) get their own method called; as parents come
+    before children in ``modules``, a child's own flag is set after its parent's call.
+    """
+    for module, flag in zip(modules, flags, strict=True):
+        if type(module).train is not nn.Module.train:
+            module.train(flag)
+        elif module.training != flag:
+            object.__setattr__(module, "training", flag)
 
 
 def ddp_mean_reduce(group: dist.ProcessGroup | None = None) -> Reduce:

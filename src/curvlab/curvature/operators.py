@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp
 
+from curvlab.curvature import rop
 from curvlab.curvature._support import (
     BatchLike,
     LossFn,
@@ -36,12 +37,21 @@ from curvlab.curvature._support import (
 
 log = logging.getLogger(__name__)
 
-Method = Literal["auto", "reverse", "forward"]
-METHODS = ("auto", "reverse", "forward")
+Method = Literal["auto", "reverse", "forward", "rop"]
+METHODS = ("auto", "reverse", "forward", "rop")
 
 # The fastest HVP method measured per model and usage ("single" product or "repeated" ones).
 _FASTEST: weakref.WeakKeyDictionary[nn.Module, dict[str, str]] = weakref.WeakKeyDictionary()
 _MARGIN = 0.9  # forward-over-reverse is chosen only if at least 10% faster than reverse
+
+
+def r_op_chain(
+    model: nn.Module, params: Sequence[Tensor], batches: Sequence[tuple[Tensor, Tensor, float]]
+) -> list[rop.Step] | None:
+    """The model's layers if the closed-form R-operator can take its products, else None."""
+    if any(x.dim() < 2 for x, _, _ in batches):
+        return None
+    return rop.mlp_chain(model, params)
 
 
 class CurvatureOperator:
@@ -99,10 +109,10 @@ class CurvatureOperator:
         raise NotImplementedError
 
     def _accumulate(self, per_batch: Callable[..., list[Tensor]], v: list[Tensor]) -> list[Tensor]:
-        total = [torch.zeros_like(p) for p in self.params]
-        for x, y, w in self.batches:
-            for t, piece in zip(total, per_batch(x, y, w, v), strict=True):
-                t.add_(piece)
+        (x, y, w), *rest = self.batches
+        total = list(per_batch(x, y, w, v))
+        for x, y, w in rest:
+            total = [t + piece for t, piece in zip(total, per_batch(x, y, w, v), strict=True)]
         return total
 
 
@@ -129,8 +139,10 @@ class HessianOperator(CurvatureOperator):
     Args:
         method: ``reverse`` backpropagates v through g, ``grad(g^T v)`` (guide 2.11.2);
             ``forward`` pushes v forward through the gradient computation with
-            ``torch.func.jvp(torch.func.grad(f))``; ``auto`` times both once per model and
-            keeps the faster.
+            ``torch.func.jvp(torch.func.grad(f))``; ``rop`` (curvlab's MLP only) pushes v
+            through the network's forward and backward passes with Pearlmutter's R-operator,
+            in closed form (:mod:`curvlab.curvature.rop`); ``auto`` takes ``rop``
+            where it applies and otherwise times the other two once per model.
         cache_graph: keep the graph of g between products (default: when there is one batch).
         usage: which cost ``auto`` compares: ``repeated`` products at this theta or a
             ``single`` one.
@@ -149,6 +161,14 @@ class HessianOperator(CurvatureOperator):
         super().__init__(model, loss_fn, batch, reduce)
         if method not in METHODS:
             raise ValueError(f"method={method!r}; choose one of {', '.join(METHODS)}.")
+        self._chain = r_op_chain(model, self.params, self.batches)
+        if method == "rop" and self._chain is None:
+            raise ValueError(
+                "method='rop' runs curvlab.models.MLP only (activations "
+                f"{', '.join(rop.SUPPORTED_ACTIVATIONS)}, every parameter trainable, batched "
+                f"inputs), not this {type(model).__name__}; use method='reverse', 'forward' "
+                "or 'auto'."
+            )
         self._cache = len(self.batches) == 1 if cache_graph is None else cache_graph
         self._graph: tuple[Tensor, list[Tensor]] | None = None
         if method == "auto":
@@ -176,6 +196,8 @@ class HessianOperator(CurvatureOperator):
     def _matvec(self, v: list[Tensor]) -> list[Tensor]:
         if self.method == "forward":
             return self._accumulate(self._forward_over_reverse, v)
+        if self.method == "rop":
+            return rop.r_op_hvp(self._chain, self.loss_fn, self.batches, v)
         if self._graph is not None:
             # Backpropagating v through g is grad(g^T v) = H v, the guide's identity.
             return _backward(self._graph[1], self.params, v)
@@ -200,7 +222,14 @@ class HessianOperator(CurvatureOperator):
         return [hv[n] for n in names]
 
     def _choose(self, usage: str) -> str:
-        """Time products both ways, interleaved, and remember the faster for this model."""
+        """The R-operator where it applies, else the faster of the two autograd methods.
+
+        The R-operator needs no graph and about a gradient's work per product, so it wins
+        on every MLP; for other models both ways are timed once, interleaved, and the
+        choice is remembered for the model.
+        """
+        if self._chain is not None:
+            return "rop"
         known = _FASTEST.get(self.model, {}).get(usage)
         if known is not None:
             return known
@@ -225,12 +254,11 @@ class HessianOperator(CurvatureOperator):
 
         _FASTEST.setdefault(self.model, {})[usage] = choice
         log.info(
-            "HVP method for %s (%s products): %s (reverse %.2f ms, forward %.2f ms)",
+            "HVP method for %s (%s products): %s (%s)",
             type(self.model).__name__,
             usage,
             choice,
-            1e3 * timings["reverse"],
-            1e3 * timings["forward"],
+            ", ".join(f"{name} {1e3 * t:.2f} ms" for name, t in timings.items()),
         )
         return choice
 

@@ -5,10 +5,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
-from curvlab.curvature._support import BatchLike, LossFn, Reduce, dot, measurement_mode
-from curvlab.curvature.operators import GGNOperator, HessianOperator, Method
+from curvlab.curvature import rop
+from curvlab.curvature._support import (
+    BatchLike,
+    LossFn,
+    Reduce,
+    as_batches,
+    dot,
+    measurement_mode,
+    trainable_params,
+)
+from curvlab.curvature.operators import GGNOperator, HessianOperator, Method, r_op_chain
 
 
 def hvp(
@@ -27,15 +37,42 @@ def hvp(
         batch: an ``(inputs, targets)`` pair or a list of them (weighted by size).
         v: one tensor per trainable parameter, in ``model.parameters()`` order.
         method: ``reverse`` (double backward), ``forward`` (``torch.func`` forward-over-
-            reverse) or ``auto`` (the faster for this model, timed on first use).
+            reverse), ``rop`` (Pearlmutter's R-operator in closed form, curvlab's MLP only)
+            or ``auto`` (``rop`` where it applies, else the faster of the other two for this
+            model, timed on first use).
         reduce: applied to the product, e.g. :func:`ddp_mean_reduce` under DDP.
 
     Returns:
         H v, one tensor per trainable parameter.
     """
+    if method in ("auto", "rop"):
+        product = _closed_form_hvp(model, loss_fn, batch, v, reduce)
+        if product is not None:
+            return product
     with measurement_mode(model):
         op = HessianOperator(model, loss_fn, batch, method, reduce, usage="single")
         return [t.detach() for t in op.matvec(v)]
+
+
+def _closed_form_hvp(
+    model: nn.Module, loss_fn: LossFn, batch: BatchLike, v: Sequence[Tensor], reduce: Reduce | None
+) -> list[Tensor] | None:
+    """H v by the R-operator where it applies (curvlab's MLP), else None.
+
+    It reads the weights and runs no module, so the flags, buffers and RNG states that
+    :func:`measurement_mode` saves and restores (a fifth of a small MLP's gradient) are
+    never touched.
+    """
+    params = trainable_params(model)
+    if not params:
+        return None
+    batches = as_batches(batch, params[0].device)
+    chain = r_op_chain(model, params, batches)
+    if chain is None:
+        return None
+    with torch.inference_mode(False):
+        product = rop.r_op_hvp(chain, loss_fn, batches, list(v))
+    return reduce(product) if reduce is not None else product
 
 
 def ggn_vector_product(
