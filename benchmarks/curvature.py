@@ -30,6 +30,8 @@ from torch import Tensor, nn
 from curvlab.callbacks import CurvatureCallback
 from curvlab.config import CONFIG_DIR
 from curvlab.curvature import HessianOperator, hvp, measurement_mode
+from curvlab.curvature._support import as_batches
+from curvlab.curvature.rop import closed_form
 from curvlab.models import MLP, ViT
 from curvlab.training.build import build_parts, build_trainer
 
@@ -88,7 +90,7 @@ def _candidates(case: Case, loss_fn: nn.Module) -> dict[str, Callable[[], object
         "hvp reverse": lambda: hvp(model, loss_fn, batch, v, method="reverse"),
         "hvp forward": lambda: hvp(model, loss_fn, batch, v, method="forward"),
     }
-    if isinstance(model, MLP):
+    if closed_form(model, loss_fn, params, as_batches(batch, params[0].device)) is not None:
         candidates["hvp rop"] = lambda: hvp(model, loss_fn, batch, v, method="rop")
     candidates["hvp auto"] = lambda: hvp(model, loss_fn, batch, v, method="auto")
     candidates["further product (reverse)"] = lambda: operator.matvec(v)

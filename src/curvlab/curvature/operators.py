@@ -45,15 +45,6 @@ _FASTEST: weakref.WeakKeyDictionary[nn.Module, dict[str, str]] = weakref.WeakKey
 _MARGIN = 0.9  # forward-over-reverse is chosen only if at least 10% faster than reverse
 
 
-def r_op_chain(
-    model: nn.Module, params: Sequence[Tensor], batches: Sequence[tuple[Tensor, Tensor, float]]
-) -> list[rop.Step] | None:
-    """The model's layers if the closed-form R-operator can take its products, else None."""
-    if any(x.dim() < 2 for x, _, _ in batches):
-        return None
-    return rop.mlp_chain(model, params)
-
-
 class CurvatureOperator:
     """A symmetric curvature matrix of the loss, applied to parameter-shaped vectors.
 
@@ -139,10 +130,10 @@ class HessianOperator(CurvatureOperator):
     Args:
         method: ``reverse`` backpropagates v through g, ``grad(g^T v)`` (guide 2.11.2);
             ``forward`` pushes v forward through the gradient computation with
-            ``torch.func.jvp(torch.func.grad(f))``; ``rop`` (curvlab's MLP only) pushes v
+            ``torch.func.jvp(torch.func.grad(f))``; ``rop`` (curvlab's MLP and ViT) pushes v
             through the network's forward and backward passes with Pearlmutter's R-operator,
-            in closed form (:mod:`curvlab.curvature.rop`); ``auto`` takes ``rop``
-            where it applies and otherwise times the other two once per model.
+            in closed form (:mod:`curvlab.curvature.rop`); ``auto`` takes ``rop`` where it
+            surely wins and otherwise times the methods the model allows once per model.
         cache_graph: keep the graph of g between products (default: when there is one batch).
         usage: which cost ``auto`` compares: ``repeated`` products at this theta or a
             ``single`` one.
@@ -161,13 +152,14 @@ class HessianOperator(CurvatureOperator):
         super().__init__(model, loss_fn, batch, reduce)
         if method not in METHODS:
             raise ValueError(f"method={method!r}; choose one of {', '.join(METHODS)}.")
-        self._chain = r_op_chain(model, self.params, self.batches)
-        if method == "rop" and self._chain is None:
+        self._closed = rop.closed_form(model, loss_fn, self.params, self.batches)
+        if method == "rop" and self._closed is None:
             raise ValueError(
-                "method='rop' runs curvlab.models.MLP only (activations "
-                f"{', '.join(rop.SUPPORTED_ACTIVATIONS)}, every parameter trainable, batched "
-                f"inputs), not this {type(model).__name__}; use method='reverse', 'forward' "
-                "or 'auto'."
+                "method='rop' runs curvlab.models.MLP (activations "
+                f"{', '.join(rop.SUPPORTED_ACTIVATIONS)}) and curvlab.models.ViT as curvlab "
+                "builds them, with every parameter trainable and batched inputs of the "
+                f"model's shape; not this {type(model).__name__}. Use method='reverse', "
+                "'forward' or 'auto'."
             )
         self._cache = len(self.batches) == 1 if cache_graph is None else cache_graph
         self._graph: tuple[Tensor, list[Tensor]] | None = None
@@ -197,7 +189,7 @@ class HessianOperator(CurvatureOperator):
         if self.method == "forward":
             return self._accumulate(self._forward_over_reverse, v)
         if self.method == "rop":
-            return rop.r_op_hvp(self._chain, self.loss_fn, self.batches, v)
+            return self._closed.product(v)
         if self._graph is not None:
             # Backpropagating v through g is grad(g^T v) = H v, the guide's identity.
             return _backward(self._graph[1], self.params, v)
@@ -222,16 +214,18 @@ class HessianOperator(CurvatureOperator):
         return [hv[n] for n in names]
 
     def _choose(self, usage: str) -> str:
-        """The R-operator where it applies, else the faster of the two autograd methods.
+        """The R-operator where it surely wins, else the fastest method, timed once.
 
-        The R-operator needs no graph and about a gradient's work per product, so it wins
-        on every MLP; for other models both ways are timed once, interleaved, and the
-        choice is remembered for the model.
+        The R-operator needs no graph: on the MLP a product costs about a gradient, and on
+        the ViT a single product is cheaper than building and using the graph of g. Repeated
+        products on a ViT reuse that graph with ``reverse``, so there the methods the model
+        allows are timed once, interleaved, and the choice is remembered for the model.
         """
-        if self._chain is not None:
+        closed = self._closed
+        if closed is not None and (closed.kind == "mlp" or usage == "single"):
             return "rop"
         known = _FASTEST.get(self.model, {}).get(usage)
-        if known is not None:
+        if known is not None and (known != "rop" or closed is not None):
             return known
 
         generator = make_generator(0, self.params[0].device)
@@ -246,10 +240,12 @@ class HessianOperator(CurvatureOperator):
                 self._graph = self._build_graph()
             self._matvec(v)
 
-        timings = _interleaved_best_times(product, ("reverse", "forward"), v[0].device)
-        # Noise on a shared machine should not flip the choice: forward must win clearly.
-        choice = "forward" if timings["forward"] < _MARGIN * timings["reverse"] else "reverse"
-        if choice == "forward":
+        candidates = ("reverse", "forward") + (("rop",) if closed is not None else ())
+        timings = _interleaved_best_times(product, candidates, v[0].device)
+        # Noise on a shared machine should not flip the choice: the others must win clearly.
+        best = min(candidates, key=timings.__getitem__)
+        choice = best if timings[best] < _MARGIN * timings["reverse"] else "reverse"
+        if choice != "reverse":
             self._graph = None
 
         _FASTEST.setdefault(self.model, {})[usage] = choice

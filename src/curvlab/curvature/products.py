@@ -18,7 +18,7 @@ from curvlab.curvature._support import (
     measurement_mode,
     trainable_params,
 )
-from curvlab.curvature.operators import GGNOperator, HessianOperator, Method, r_op_chain
+from curvlab.curvature.operators import GGNOperator, HessianOperator, Method
 
 
 def hvp(
@@ -37,9 +37,9 @@ def hvp(
         batch: an ``(inputs, targets)`` pair or a list of them (weighted by size).
         v: one tensor per trainable parameter, in ``model.parameters()`` order.
         method: ``reverse`` (double backward), ``forward`` (``torch.func`` forward-over-
-            reverse), ``rop`` (Pearlmutter's R-operator in closed form, curvlab's MLP only)
-            or ``auto`` (``rop`` where it applies, else the faster of the other two for this
-            model, timed on first use).
+            reverse), ``rop`` (Pearlmutter's R-operator in closed form, curvlab's MLP and
+            ViT) or ``auto`` (``rop`` where it applies, else the faster of the other two for
+            this model, timed on first use).
         reduce: applied to the product, e.g. :func:`ddp_mean_reduce` under DDP.
 
     Returns:
@@ -57,7 +57,7 @@ def hvp(
 def _closed_form_hvp(
     model: nn.Module, loss_fn: LossFn, batch: BatchLike, v: Sequence[Tensor], reduce: Reduce | None
 ) -> list[Tensor] | None:
-    """H v by the R-operator where it applies (curvlab's MLP), else None.
+    """H v by the R-operator for curvlab's MLP, else None.
 
     It reads the weights and runs no module, so the flags, buffers and RNG states that
     :func:`measurement_mode` saves and restores (a fifth of a small MLP's gradient) are
@@ -67,11 +67,11 @@ def _closed_form_hvp(
     if not params:
         return None
     batches = as_batches(batch, params[0].device)
-    chain = r_op_chain(model, params, batches)
-    if chain is None:
-        return None
+    closed = rop.closed_form(model, loss_fn, params, batches)
+    if closed is None or closed.kind != "mlp":
+        return None  # a ViT may need refusing (fused attention): measurement_mode checks it
     with torch.inference_mode(False):
-        product = rop.r_op_hvp(chain, loss_fn, batches, list(v))
+        product = closed.product(list(v))
     return reduce(product) if reduce is not None else product
 
 

@@ -14,12 +14,11 @@ forward and backward passes by hand:
     product    (H v)_{W_l} = R{dz_l} a_{l-1}^T + dz_l R{a_{l-1}}^T,  (H v)_{b_l} = sum R{dz_l}
 
 with R{a_0} = 0 and V_l, v_b the parts of v for W_l and b_l. That is the gradient's forward
-and backward pass and their R-images: per interior layer 9 matrix products where the
-gradient takes 3 (the first layer: 3 where the gradient takes 2, as it needs no input
-gradient), like the double backward, but as a few dozen eager tensor operations and no
-autograd graph, which on the small MLPs curvlab trains costs about what a gradient does.
-Only the stock :class:`curvlab.models.MLP` qualifies (:func:`mlp_chain`); every other model
-takes the double backward.
+and backward pass and their R-images (the weight gradient itself is never needed): per
+interior layer 8 matrix products where the gradient takes 3 and the double backward 9, and
+for the first layer 3 where the gradient takes 2, as a few dozen eager tensor operations and
+no autograd graph, which on the small MLPs curvlab trains costs little more than a gradient.
+Only the stock :class:`curvlab.models.MLP` qualifies (:func:`mlp_chain`).
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from curvlab.curvature.rop.losses import has_hooks, loss_derivatives
 from curvlab.models.mlp import MLP, Layer
 
 # Activations whose first and second derivatives are written out below.
@@ -85,7 +85,7 @@ def mlp_chain(model: nn.Module, params: Sequence[Tensor]) -> list[Step] | None:
             return None
         slope = act.negative_slope if name == "leaky_relu" else 0.0
         steps.append(Step(linear.weight, linear.bias, name, slope))
-    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+    if has_hooks(model):
         return None
     owned = [t for step in steps for t in (step.weight, step.bias)]
     if any(a is not b for a, b in zip(owned, params, strict=True)):
@@ -137,7 +137,7 @@ def _product(
             a, ra = _activation_forward(step, z, rz)
             caches.append(_Cache(a_prev, ra_prev, z, rz, a, ra))
 
-        da, rda = _loss_derivatives(loss_fn, a, ra, y, w)
+        da, rda = loss_derivatives(loss_fn, a, ra, y, w)
 
         out: list[Tensor] = [None] * (2 * len(steps))  # type: ignore[list-item]
         for i in reversed(range(len(steps))):
@@ -227,47 +227,3 @@ def _normal_cdf(z: Tensor) -> Tensor:
 
 def _normal_pdf(z: Tensor) -> Tensor:
     return torch.exp(-0.5 * z * z) * _INV_SQRT_2PI
-
-
-def _loss_derivatives(
-    loss_fn: Callable[[Tensor, Tensor], Tensor], out: Tensor, r_out: Tensor, y: Tensor, w: float
-) -> tuple[Tensor, Tensor]:
-    """w dL/d(out) and w H_out R{out}: closed forms for plain cross entropy and MSE."""
-    if _is_plain(loss_fn, nn.CrossEntropyLoss) and _class_targets(loss_fn, out, y):
-        # L = mean_i -log softmax(z_i)[y_i]: dL/dz = (p - onehot(y)) / B and
-        # H_z r = p (r - <p, r>) / B, with p = softmax(z).
-        scale = w / len(out)
-        p = torch.softmax(out, dim=-1)
-        delta = p.clone()
-        delta[torch.arange(len(out), device=out.device), y] -= 1
-        return delta.mul_(scale), (p * (r_out - (p * r_out).sum(-1, keepdim=True))).mul_(scale)
-    if _is_plain(loss_fn, nn.MSELoss) and y.shape == out.shape:
-        scale = 2 * w / out.numel()
-        return (out - y).mul_(scale), r_out * scale
-    # Any other loss: its first and second derivative in the outputs, by autograd on a leaf,
-    # with the global RNG put back as the measurement context would.
-    devices = [out.device.index or 0] if out.is_cuda else []
-    with torch.random.fork_rng(devices=devices), torch.enable_grad():
-        leaf = out.detach().requires_grad_()
-        (delta,) = torch.autograd.grad(w * loss_fn(leaf, y), leaf, create_graph=True)
-        if not delta.requires_grad:  # the loss is linear in the outputs
-            return delta.detach(), torch.zeros_like(r_out)
-        (r_delta,) = torch.autograd.grad(delta, leaf, r_out, materialize_grads=True)
-    return delta.detach(), r_delta
-
-
-def _is_plain(loss_fn: object, kind: type[nn.Module]) -> bool:
-    """A stock ``kind`` loss with mean reduction and no weighting or smoothing."""
-    return (
-        type(loss_fn) is kind
-        and loss_fn.reduction == "mean"
-        and getattr(loss_fn, "weight", None) is None
-        and getattr(loss_fn, "label_smoothing", 0.0) == 0.0
-    )
-
-
-def _class_targets(loss_fn: nn.CrossEntropyLoss, out: Tensor, y: Tensor) -> bool:
-    """Logits (B, C) with integer class targets (B,), none of them ``ignore_index``."""
-    if out.dim() != 2 or y.shape != out.shape[:1] or y.is_floating_point():
-        return False
-    return not bool((y == loss_fn.ignore_index).any())
