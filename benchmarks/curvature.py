@@ -12,9 +12,13 @@ like on a shared machine. Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import atexit
+import json
 import logging
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,7 +28,6 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
-from pytorch_lightning.loggers import MLFlowLogger
 from torch import Tensor, nn
 
 from curvlab.callbacks import CurvatureCallback
@@ -33,6 +36,7 @@ from curvlab.curvature import HessianOperator, hvp, measurement_mode
 from curvlab.curvature._support import as_batches
 from curvlab.curvature.rop import closed_form
 from curvlab.models import MLP, ViT
+from curvlab.tracking.mlflow_run import make_logger
 from curvlab.training.build import build_parts, build_trainer
 
 
@@ -90,10 +94,15 @@ def _candidates(case: Case, loss_fn: nn.Module) -> dict[str, Callable[[], object
         "hvp reverse": lambda: hvp(model, loss_fn, batch, v, method="reverse"),
         "hvp forward": lambda: hvp(model, loss_fn, batch, v, method="forward"),
     }
-    if closed_form(model, loss_fn, params, as_batches(batch, params[0].device)) is not None:
+    closed = closed_form(model, loss_fn, params, as_batches(batch, params[0].device))
+    if closed is not None:
         candidates["hvp rop"] = lambda: hvp(model, loss_fn, batch, v, method="rop")
     candidates["hvp auto"] = lambda: hvp(model, loss_fn, batch, v, method="auto")
     candidates["further product (reverse)"] = lambda: operator.matvec(v)
+    if closed is not None:
+        with measurement_mode(model):
+            kept = HessianOperator(model, loss_fn, batch, method="rop")
+        candidates["further product (rop)"] = lambda: kept.matvec(v)
     return candidates
 
 
@@ -101,8 +110,9 @@ def hvp_vs_gradient(args: argparse.Namespace) -> list[Row]:
     """Time of one HVP (forward, backward, second backward) over one gradient (forward,
     backward), both through ``torch.autograd.grad``.
 
-    Also the cost of a further product at the same theta (Lanczos, CG, Hutchinson), which
-    reuses the graph of g and so needs only the second backward pass. Candidates run
+    Also the cost of a further product at the same theta (Lanczos, CG, Hutchinson): the double
+    backward reuses the graph of g and so needs only the second backward pass; the R-operator
+    keeps the gradient's forward and backward pass and needs only their R-images. Candidates run
     interleaved; the best of ``--repeats`` rounds is the compute cost (other tenants of a
     shared machine only add time), the median is shown beside it.
     """
@@ -143,30 +153,12 @@ _HOOKS = (
 )
 
 
-def _timed_fit(overrides: list[str], workdir: Path) -> tuple[float, float, float]:
-    """Fit the default run with ``callbacks=curvature`` and ``overrides`` (MLflow logging on).
+def _instrument(target: object, spent: dict[str, float]) -> None:
+    """Time the callback's hooks (``hooks``), and within them its measurements with their
+    logging (``measure``) and the end-of-run plot with its upload (``plot``).
 
-    Returns:
-        Seconds of the whole fit, of it inside the curvature callback's hooks, and of that
-        inside the end-of-run plot (drawing and the artifact upload).
+    ``target`` is a :class:`CurvatureCallback` or the class itself (every instance).
     """
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(
-            config_name="train",
-            overrides=[
-                "callbacks=curvature",
-                *overrides,
-                f"paths.output_dir={workdir}",
-                "trainer.enable_progress_bar=false",
-            ],
-        )
-    pl.seed_everything(cfg.seed)
-    parts = build_parts(cfg, "ce")
-    logger = MLFlowLogger(experiment_name="overhead", tracking_uri=f"sqlite:///{workdir}/m.db")
-    trainer = build_trainer(cfg, logger)
-    (callback,) = [c for c in trainer.callbacks if isinstance(c, CurvatureCallback)]
-
-    spent = {"hooks": 0.0, "plot": 0.0}
 
     def timing(fn: Callable[..., object], key: str) -> Callable[..., object]:
         def timed(*args: object, **kwargs: object) -> object:
@@ -179,22 +171,140 @@ def _timed_fit(overrides: list[str], workdir: Path) -> tuple[float, float, float
         return timed
 
     for hook in _HOOKS:
-        setattr(callback, hook, timing(getattr(callback, hook), "hooks"))
-    callback._log_plot = timing(callback._log_plot, "plot")
+        setattr(target, hook, timing(getattr(target, hook), "hooks"))
+    target._measure = timing(target._measure, "measure")
+    target._log_plot = timing(target._log_plot, "plot")
+
+
+def _new_spent() -> dict[str, float]:
+    return {"hooks": 0.0, "measure": 0.0, "plot": 0.0}
+
+
+def _timed_fit(overrides: list[str], workdir: Path) -> tuple[float, dict[str, float]]:
+    """Fit the default run with ``callbacks=curvature`` and ``overrides``, logging to MLflow
+    through curvlab's logger, as ``curvlab-train`` does.
+
+    Returns:
+        Seconds of the whole fit, and of it inside the callback (see :func:`_instrument`).
+    """
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                "callbacks=curvature",
+                *overrides,
+                f"paths.output_dir={workdir}",
+                f"logger.tracking_uri=sqlite:///{workdir}/mlflow.db",
+                "trainer.enable_progress_bar=false",
+            ],
+        )
+    pl.seed_everything(cfg.seed)
+    parts = build_parts(cfg, "ce")
+    trainer = build_trainer(cfg, make_logger(cfg.logger))
+    (callback,) = [c for c in trainer.callbacks if isinstance(c, CurvatureCallback)]
+    spent = _new_spent()
+    _instrument(callback, spent)
     total = _timed(lambda: trainer.fit(parts.module, datamodule=parts.datamodule))
-    return total, spent["hooks"], spent["plot"]
+    trainer.logger.finalize()
+    return total, spent
+
+
+def _fit_rows(epochs: int, samples: list[tuple[float, dict[str, float]]]) -> list[Row]:
+    bare = [total - spent["hooks"] for total, spent in samples]
+    parts = {
+        "callback, all hooks": [spent["hooks"] for _, spent in samples],
+        "of it measurements (with logging)": [spent["measure"] for _, spent in samples],
+        "of it end-of-run plot": [spent["plot"] for _, spent in samples],
+        "of it per-step bookkeeping": [
+            spent["hooks"] - spent["measure"] - spent["plot"] for _, spent in samples
+        ],
+    }
+    model = f"fit of the default run, {epochs} epochs = {20 * epochs} steps"
+    rows = [Row(model, "fit without the callback", 1e3 * min(bare), 1.0, 1.0)]
+    for name, spent in parts.items():
+        ratios = [1 + t / b for t, b in zip(spent, bare, strict=True)]
+        ms = 1e3 * statistics.median(spent)
+        rows.append(Row(model, name, ms, min(ratios), statistics.median(ratios)))
+    return rows
+
+
+# Runs ``curvlab-train`` with the callback's hooks timed and writes their seconds to a file.
+_CHILD = "_timed-command"
+
+
+def _command_child(out: str, overrides: list[str]) -> None:
+    from curvlab.cli.train import main as train_main
+
+    spent = _new_spent()
+    _instrument(CurvatureCallback, spent)
+    atexit.register(lambda: Path(out).write_text(json.dumps(spent)))
+    sys.argv = ["curvlab-train", *overrides]
+    train_main()
+
+
+def _timed_command(
+    callbacks: str, workdir: Path, threads: int | None
+) -> tuple[float, dict[str, float]]:
+    """Wall time of a whole ``curvlab-train callbacks=...`` process (fresh working directory,
+    embedded MLflow store there), and the time inside the curvature callback."""
+    out = workdir / "spent.json"
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        _CHILD,
+        str(out),
+        f"callbacks={callbacks}",
+        "trainer.enable_progress_bar=false",
+    ]
+    start = time.perf_counter()
+    subprocess.run(command, cwd=workdir, env=env, check=True, capture_output=True)
+    return time.perf_counter() - start, json.loads(out.read_text())
+
+
+def _command_rows(args: argparse.Namespace) -> list[Row]:
+    runs: dict[str, list[tuple[float, dict[str, float]]]] = {"default": [], "curvature": []}
+    for _ in range(args.repeats):
+        for callbacks, samples in runs.items():  # alternated: load changes hit both
+            with tempfile.TemporaryDirectory() as tmp:
+                samples.append(_timed_command(callbacks, Path(tmp), args.threads))
+    model = "the default run's whole command (curvlab-train, as make train runs it)"
+    without = [wall for wall, _ in runs["default"]]
+    with_cb = [wall for wall, _ in runs["curvature"]]
+    inside = [spent["hooks"] for _, spent in runs["curvature"]]
+    shares = [1 + t / (wall - t) for wall, t in zip(with_cb, inside, strict=True)]
+    return [
+        Row(model, "callbacks=default, wall time", 1e3 * min(without), 1.0, 1.0),
+        Row(
+            model,
+            "callbacks=curvature, wall time",
+            1e3 * min(with_cb),
+            min(with_cb) / min(without),
+            statistics.median(with_cb) / statistics.median(without),
+        ),
+        Row(
+            model,
+            "of it inside the callback",
+            1e3 * statistics.median(inside),
+            min(shares),
+            statistics.median(shares),
+        ),
+    ]
 
 
 def callback_overhead(args: argparse.Namespace) -> list[Row]:
     """What the curvature callback at its default schedule (``callbacks=curvature``) adds to
-    the wall time of ``trainer.fit`` of the default run (MLP on digits, 20 steps per epoch,
-    MLflow logging), at its own 20 epochs and at 200.
+    the default run (MLP on digits, 20 steps per epoch, MLflow logging).
 
-    The time spent inside the callback's hooks is taken out of each run's own fit time, so
-    load from other tenants slows both alike; an A/B of two whole runs differed by +-30% from
-    run to run on the shared machine, far more than the effect. ``ms`` is the callback's time;
-    the ratio is fit time over fit time without it (best and median of ``--repeats``). The
-    end-of-run plot is a fixed cost per run, shown apart; ``--models`` is not used.
+    Two views. ``trainer.fit`` at the run's own 20 epochs and at 200, with the time spent
+    inside the callback's hooks taken out of each run's own fit time, so load from other
+    tenants slows both alike: the ratio is fit time over fit time without the callback's
+    share. And the whole ``curvlab-train`` command, the wall time a user waits for: an A/B of
+    ``callbacks=default`` against ``callbacks=curvature`` (alternated, noisy on a shared
+    machine) and, within the curvature runs, the callback's own share. Best and median of
+    ``--repeats``; ``--models`` is not used.
     """
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     rows = []
@@ -203,20 +313,8 @@ def callback_overhead(args: argparse.Namespace) -> list[Row]:
         for _ in range(args.repeats):
             with tempfile.TemporaryDirectory() as tmp:
                 samples.append(_timed_fit([f"trainer.max_epochs={epochs}"], Path(tmp)))
-
-        bare = [total - hooks for total, hooks, _ in samples]
-        parts = {
-            "callback, all hooks": [hooks for _, hooks, _ in samples],
-            "of it measurements": [hooks - plot for _, hooks, plot in samples],
-            "of it end-of-run plot": [plot for _, _, plot in samples],
-        }
-        model = f"mlp (conf/model/mlp), digits, {epochs} epochs = {20 * epochs} steps"
-        rows.append(Row(model, "fit without the callback", 1e3 * min(bare), 1.0, 1.0))
-        for name, spent in parts.items():
-            ratios = [1 + t / b for t, b in zip(spent, bare, strict=True)]
-            ms = 1e3 * statistics.median(spent)
-            rows.append(Row(model, name, ms, min(ratios), statistics.median(ratios)))
-    return rows
+        rows += _fit_rows(epochs, samples)
+    return rows + _command_rows(args)
 
 
 MEASUREMENTS: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
@@ -229,6 +327,9 @@ BASELINES = {"hvp_ratio": "gradient", "callback_overhead": "callback off"}
 
 
 def main() -> None:
+    if sys.argv[1:2] == [_CHILD]:
+        _command_child(sys.argv[2], sys.argv[3:])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help=f"of {', '.join(MEASUREMENTS)}; default all")
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds per candidate")

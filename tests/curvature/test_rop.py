@@ -115,6 +115,21 @@ def test_auto_takes_rop_for_the_mlp_and_iterative_methods_agree(dense) -> None:
     assert abs(result.eigenvalues[0] - float(top)) < 1e-6 * abs(float(top))
 
 
+@pytest.mark.parametrize("loss", ["ce", "smoothed"])
+def test_an_operator_keeps_one_pass_for_all_its_products(loss: str, dense) -> None:
+    """The forward and backward pass is computed once and reused: every product on it must
+    still be exact (nothing a product writes may leak into the next), also where the loss's
+    second derivative is a kept autograd graph."""
+    model, batch = make_mlp(["gelu", "softmax", "tanh"]), make_batch()
+    loss_fn = nn.CrossEntropyLoss() if loss == "ce" else SmoothedCrossEntropy()
+    hessian = dense.hessian(model, loss_fn, batch)
+    op = HessianOperator(model, loss_fn, batch, method="rop")
+
+    for seed in (6, 7, 6):
+        v = dense.randn(model, seed)
+        assert rel_err(dense.flat(op.matvec(v)), hessian @ dense.flat(v)) < 1e-10
+
+
 def test_leaves_model_and_rng_untouched() -> None:
     model, batch, loss_fn = make_mlp("relu"), make_batch(), nn.CrossEntropyLoss()
     model.train()

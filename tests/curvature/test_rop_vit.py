@@ -51,6 +51,19 @@ def test_matches_dense_hessian(class_token: bool, dense) -> None:
     assert rel_err(hv, dense.hessian(model, loss_fn, batch) @ dense.flat(v)) < 1e-10
 
 
+@pytest.mark.parametrize("class_token", [True, False], ids=["cls-token", "avg-pool"])
+def test_an_operator_keeps_one_pass_for_all_its_products(class_token: bool, dense) -> None:
+    """Products reuse one forward and backward pass: each must still be exact."""
+    model, batch = tiny_vit(class_token), images()
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.2)  # not closed-form: autograd's H_out
+    hessian = dense.hessian(model, loss_fn, batch)
+    op = HessianOperator(model, loss_fn, batch, method="rop")
+
+    for seed in (9, 10, 9):
+        v = dense.randn(model, seed)
+        assert rel_err(dense.flat(op.matvec(v)), hessian @ dense.flat(v)) < 1e-10
+
+
 def test_the_shared_vit_problem(vit_problem, dense) -> None:
     model, loss_fn, batch = vit_problem
     v = dense.randn(model, 2)

@@ -72,7 +72,8 @@ def plot_sharpness(
         axes.xaxis.set_major_locator(MaxNLocator(6, integer=True, steps=[1, 2, 2.5, 5, 10]))
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    # zlib's fastest level: a tenth of the drawing time saved for a fifth more bytes.
+    fig.savefig(path, dpi=110, pil_kwargs={"compress_level": 1})
     return path
 
 

@@ -1,4 +1,4 @@
-"""What the R-operator needs of a loss: dL/d(out) and H_out R{out}, and a shared check."""
+"""What the R-operator needs of a loss: dL/d(out), and r -> H_out r at the same outputs."""
 
 from __future__ import annotations
 
@@ -13,31 +13,52 @@ def has_hooks(model: nn.Module) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
-def loss_derivatives(
-    loss_fn: Callable[[Tensor, Tensor], Tensor], out: Tensor, r_out: Tensor, y: Tensor, w: float
-) -> tuple[Tensor, Tensor]:
-    """w dL/d(out) and w H_out R{out}: closed forms for plain cross entropy and MSE."""
-    if _is_plain(loss_fn, nn.CrossEntropyLoss) and _class_targets(loss_fn, out, y):
-        # L = mean_i -log softmax(z_i)[y_i]: dL/dz = (p - onehot(y)) / B and
-        # H_z r = p (r - <p, r>) / B, with p = softmax(z).
-        scale = w / len(out)
-        p = torch.softmax(out, dim=-1)
-        delta = p.clone()
-        delta[torch.arange(len(out), device=out.device), y] -= 1
-        return delta.mul_(scale), (p * (r_out - (p * r_out).sum(-1, keepdim=True))).mul_(scale)
-    if _is_plain(loss_fn, nn.MSELoss) and y.shape == out.shape:
-        scale = 2 * w / out.numel()
-        return (out - y).mul_(scale), r_out * scale
-    # Any other loss: its first and second derivative in the outputs, by autograd on a leaf,
-    # with the global RNG put back as the measurement context would.
-    devices = [out.device.index or 0] if out.is_cuda else []
-    with torch.random.fork_rng(devices=devices), torch.enable_grad():
-        leaf = out.detach().requires_grad_()
-        (delta,) = torch.autograd.grad(w * loss_fn(leaf, y), leaf, create_graph=True)
-        if not delta.requires_grad:  # the loss is linear in the outputs
-            return delta.detach(), torch.zeros_like(r_out)
-        (r_delta,) = torch.autograd.grad(delta, leaf, r_out, materialize_grads=True)
-    return delta.detach(), r_delta
+class LossCurvature:
+    """``w`` times the loss's gradient in the outputs and its Hessian there, as products.
+
+    Closed forms for plain cross entropy and MSE; any other loss is differentiated twice by
+    autograd on a leaf copy of the outputs, once, and its graph kept for the products (with
+    the global RNG put back, as the measurement context would).
+    """
+
+    def __init__(
+        self, loss_fn: Callable[[Tensor, Tensor], Tensor], out: Tensor, y: Tensor, w: float
+    ) -> None:
+        self._p: Tensor | None = None
+        self._leaf: Tensor | None = None
+        self._grad: Tensor | None = None
+        if _is_plain(loss_fn, nn.CrossEntropyLoss) and _class_targets(loss_fn, out, y):
+            # L = mean_i -log softmax(z_i)[y_i]: dL/dz = (p - onehot(y)) / B and
+            # H_z r = p (r - <p, r>) / B, with p = softmax(z).
+            self.scale = w / len(out)
+            self._p = torch.softmax(out, dim=-1)
+            delta = self._p.clone()
+            delta[torch.arange(len(out), device=out.device), y] -= 1
+            self.delta = delta.mul_(self.scale)
+        elif _is_plain(loss_fn, nn.MSELoss) and y.shape == out.shape:
+            self.scale = 2 * w / out.numel()
+            self.delta = (out - y).mul_(self.scale)
+        else:
+            self.scale = 0.0
+            devices = [out.device.index or 0] if out.is_cuda else []
+            with torch.random.fork_rng(devices=devices), torch.enable_grad():
+                leaf = out.detach().requires_grad_()
+                (grad,) = torch.autograd.grad(w * loss_fn(leaf, y), leaf, create_graph=True)
+            self.delta = grad.detach()
+            if grad.requires_grad:  # else the loss is linear in the outputs: H_out = 0
+                self._leaf, self._grad = leaf, grad
+
+    def hessian_times(self, r: Tensor) -> Tensor:
+        """``w`` H_out ``r``: the R-image of :attr:`delta`."""
+        if self._p is not None:
+            p = self._p
+            return (p * (r - (p * r).sum(-1, keepdim=True))).mul_(self.scale)
+        if self._grad is not None:
+            (product,) = torch.autograd.grad(
+                self._grad, self._leaf, r, retain_graph=True, materialize_grads=True
+            )
+            return product
+        return r * self.scale  # MSE, or zero for a loss linear in the outputs
 
 
 def _is_plain(loss_fn: object, kind: type[nn.Module]) -> bool:

@@ -13,11 +13,10 @@ forward and backward passes by hand:
                da_{l-1} = W_l^T dz_l                  R{da_{l-1}} = V_l^T dz_l + W_l^T R{dz_l}
     product    (H v)_{W_l} = R{dz_l} a_{l-1}^T + dz_l R{a_{l-1}}^T,  (H v)_{b_l} = sum R{dz_l}
 
-with R{a_0} = 0 and V_l, v_b the parts of v for W_l and b_l. That is the gradient's forward
-and backward pass and their R-images (the weight gradient itself is never needed): per
-interior layer 8 matrix products where the gradient takes 3 and the double backward 9, and
-for the first layer 3 where the gradient takes 2, as a few dozen eager tensor operations and
-no autograd graph, which on the small MLPs curvlab trains costs little more than a gradient.
+with R{a_0} = 0 and V_l, v_b the parts of v for W_l and b_l. The left column does not
+depend on v: :class:`MlpPass` runs it once per batch and keeps it, and each product then
+costs the right column alone, per interior layer 6 matrix products (the first layer 2) where
+the gradient takes 3 and the double backward 9, and no autograd graph.
 Only the stock :class:`curvlab.models.MLP` qualifies (:func:`mlp_chain`).
 """
 
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from curvlab.curvature.rop.losses import has_hooks, loss_derivatives
+from curvlab.curvature.rop.losses import LossCurvature, has_hooks
 from curvlab.models.mlp import MLP, Layer
 
 # Activations whose first and second derivatives are written out below.
@@ -51,18 +50,6 @@ class Step:
     bias: Tensor
     activation: str
     negative_slope: float
-
-
-@dataclass
-class _Cache:
-    """What the backward pass of one layer needs from the forward pass."""
-
-    a_prev: Tensor
-    ra_prev: Tensor | None
-    z: Tensor
-    rz: Tensor
-    a: Tensor
-    ra: Tensor
 
 
 def mlp_chain(model: nn.Module, params: Sequence[Tensor]) -> list[Step] | None:
@@ -93,103 +80,140 @@ def mlp_chain(model: nn.Module, params: Sequence[Tensor]) -> list[Step] | None:
     return steps
 
 
-def r_op_hvp(
-    steps: Sequence[Step],
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
-    batches: Sequence[tuple[Tensor, Tensor, float]],
-    v: Sequence[Tensor],
-) -> list[Tensor]:
-    """H v of the weighted sum of ``loss_fn(mlp(x), y)`` over ``(x, y, weight)`` batches.
+class MlpPass:
+    """The gradient's forward and backward pass of the MLP at one batch, kept for products.
 
-    Inputs must have a batch dimension (``x.dim() >= 2``). Nothing of the model is written
-    and no module runs, so no state needs saving around it.
+    Everything the R-images need that does not depend on v (the activations, sigma' and
+    sigma'' at z_l, the loss's derivatives, dL/dz_l) is computed here once; :meth:`hvp` then
+    pushes a v through the forward and backward pass: 6 matrix products per interior layer
+    and 2 for the first. Nothing of the model is written and no module runs, so no state
+    needs saving around it. Inputs must have a batch dimension (``x.dim() >= 2``).
     """
-    if len(v) != 2 * len(steps):
-        raise ValueError(
-            f"v has {len(v)} tensors; the MLP has {2 * len(steps)} trainable parameters "
-            "(a weight and a bias per layer, in model.parameters() order)."
-        )
-    total: list[Tensor] | None = None
-    for x, y, w in batches:
-        piece = _product(steps, loss_fn, x, y, w, v)
-        total = piece if total is None else [t.add_(p) for t, p in zip(total, piece, strict=True)]
-    assert total is not None
-    return total
+
+    def __init__(
+        self,
+        steps: Sequence[Step],
+        loss_fn: Callable[[Tensor, Tensor], Tensor],
+        x: Tensor,
+        y: Tensor,
+        w: float,
+    ) -> None:
+        self.steps = list(steps)
+        with torch.no_grad():
+            a = x.flatten(1)
+            self.layers: list[_Layer] = []
+            for step in steps:
+                z = torch.addmm(step.bias, a, step.weight.t())
+                layer = _Layer(a_prev=a, z=z, a=_activation(step, z))
+                self.layers.append(layer)
+                a = layer.a
+            self.loss = LossCurvature(loss_fn, a, y, w)
+            da = self.loss.delta
+            for i in reversed(range(len(steps))):
+                _backward(steps[i], self.layers[i], da)
+                if i > 0:
+                    da = self.layers[i].dz @ steps[i].weight
+
+    def hvp(self, v: Sequence[Tensor]) -> list[Tensor]:
+        """H v at this batch, for v in ``model.parameters()`` order (weight, bias per layer)."""
+        steps, layers = self.steps, self.layers
+        with torch.no_grad():
+            ra: Tensor | None = None
+            images: list[tuple[Tensor | None, Tensor, Tensor]] = []  # R{a_prev}, R{z}, R{a}
+            for i, (step, layer) in enumerate(zip(steps, layers, strict=True)):
+                rz = torch.addmm(v[2 * i + 1], layer.a_prev, v[2 * i].t())
+                if ra is not None:
+                    rz.addmm_(ra, step.weight.t())
+                ra_prev, ra = ra, _tangent_forward(step, layer, rz)
+                images.append((ra_prev, rz, ra))
+
+            rda = self.loss.hessian_times(ra)
+            out: list[Tensor] = [None] * (2 * len(steps))  # type: ignore[list-item]
+            for i in reversed(range(len(steps))):
+                step, layer, (ra_prev, rz, ra) = steps[i], layers[i], images[i]
+                rdz = _tangent_backward(step, layer, rz, ra, rda)
+                weight_hv = rdz.t() @ layer.a_prev
+                if ra_prev is not None:
+                    weight_hv.addmm_(layer.dz.t(), ra_prev)
+                out[2 * i], out[2 * i + 1] = weight_hv, rdz.sum(0)
+                if i > 0:
+                    rda = torch.addmm(layer.dz @ v[2 * i], rdz, step.weight)
+            return out
 
 
-def _product(
-    steps: Sequence[Step],
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
-    x: Tensor,
-    y: Tensor,
-    w: float,
-    v: Sequence[Tensor],
-) -> list[Tensor]:
-    with torch.no_grad():
-        a, ra = x.flatten(1), None
-        caches = []
-        for i, step in enumerate(steps):
-            z = torch.addmm(step.bias, a, step.weight.t())
-            rz = torch.addmm(v[2 * i + 1], a, v[2 * i].t())
-            if ra is not None:
-                rz.addmm_(ra, step.weight.t())
-            a_prev, ra_prev = a, ra
-            a, ra = _activation_forward(step, z, rz)
-            caches.append(_Cache(a_prev, ra_prev, z, rz, a, ra))
+@dataclass
+class _Layer:
+    """One layer at the batch: the forward pass, and what its backward pass leaves."""
 
-        da, rda = loss_derivatives(loss_fn, a, ra, y, w)
-
-        out: list[Tensor] = [None] * (2 * len(steps))  # type: ignore[list-item]
-        for i in reversed(range(len(steps))):
-            step, cache = steps[i], caches[i]
-            dz, rdz = _activation_backward(step, cache, da, rda)
-            weight_hv = rdz.t() @ cache.a_prev
-            if cache.ra_prev is not None:
-                weight_hv.addmm_(dz.t(), cache.ra_prev)
-            out[2 * i], out[2 * i + 1] = weight_hv, rdz.sum(0)
-            if i > 0:
-                da = dz @ step.weight
-                rda = torch.addmm(dz @ v[2 * i], rdz, step.weight)
-        return out
+    a_prev: Tensor
+    z: Tensor
+    a: Tensor
+    dz: Tensor | None = None  # dL/dz
+    d1: Tensor | None = None  # sigma'(z) of a smooth activation
+    curve: Tensor | None = None  # sigma''(z) dL/da of a smooth activation
+    da: Tensor | None = None  # dL/da of a softmax
+    centred: Tensor | None = None  # dL/da - <a, dL/da> of a softmax
 
 
-def _activation_forward(step: Step, z: Tensor, rz: Tensor) -> tuple[Tensor, Tensor]:
-    """a = sigma(z) and R{a} = sigma'(z) R{z}."""
+def _activation(step: Step, z: Tensor) -> Tensor:
     name = step.activation
     if name == "identity":
-        return z, rz
+        return z
     if name == "relu":
-        return torch.relu(z), _relu_mask(rz, z, 0)
+        return torch.relu(z)
     if name == "leaky_relu":
-        positive, slope = z > 0, step.negative_slope
-        return _leaky(z, positive, slope), _leaky(rz, positive, slope)
+        return _leaky(z, z > 0, step.negative_slope)
     if name == "softmax":
-        a = torch.softmax(z, dim=-1)
-        return a, a * (rz - (a * rz).sum(-1, keepdim=True))
-    a = _smooth(name, z)
-    return a, _first_derivative(name, z, a) * rz
+        return torch.softmax(z, dim=-1)
+    return _smooth(name, z)
 
 
-def _activation_backward(
-    step: Step, cache: _Cache, da: Tensor, rda: Tensor
-) -> tuple[Tensor, Tensor]:
-    """dL/dz and its R-image from dL/da and its R-image, through one activation."""
-    name, z, a = step.activation, cache.z, cache.a
+def _backward(step: Step, layer: _Layer, da: Tensor) -> None:
+    """dL/dz from dL/da, keeping what the R-images of this step need."""
+    name, z, a = step.activation, layer.z, layer.a
     if name == "identity":
-        return da, rda
+        layer.dz = da
+    elif name == "relu":
+        layer.dz = _relu_mask(da, z, 0)
+    elif name == "leaky_relu":
+        layer.dz = _leaky(da, z > 0, step.negative_slope)
+    elif name == "softmax":
+        layer.da, layer.centred = da, da - (a * da).sum(-1, keepdim=True)
+        layer.dz = a * layer.centred
+    else:
+        layer.d1 = _first_derivative(name, z, a)
+        layer.curve = _second_derivative(name, z, a, layer.d1).mul_(da)
+        layer.dz = layer.d1 * da
+
+
+def _tangent_forward(step: Step, layer: _Layer, rz: Tensor) -> Tensor:
+    """R{a} = sigma'(z) R{z}."""
+    name, z, a = step.activation, layer.z, layer.a
+    if name == "identity":
+        return rz
     if name == "relu":
-        return _relu_mask(da, z, 0), _relu_mask(rda, z, 0)
+        return _relu_mask(rz, z, 0)
     if name == "leaky_relu":
-        positive, slope = z > 0, step.negative_slope
-        return _leaky(da, positive, slope), _leaky(rda, positive, slope)
+        return _leaky(rz, z > 0, step.negative_slope)
+    if name == "softmax":
+        return a * (rz - (a * rz).sum(-1, keepdim=True))
+    return layer.d1 * rz
+
+
+def _tangent_backward(step: Step, layer: _Layer, rz: Tensor, ra: Tensor, rda: Tensor) -> Tensor:
+    """R{dL/dz} = sigma'(z) R{dL/da} + sigma''(z) R{z} dL/da (softmax: its Jacobian's)."""
+    name, z, a = step.activation, layer.z, layer.a
+    if name == "identity":
+        return rda
+    if name == "relu":
+        return _relu_mask(rda, z, 0)
+    if name == "leaky_relu":
+        return _leaky(rda, z > 0, step.negative_slope)
     if name == "softmax":
         # dz = a (da - <a, da>); its R-image differentiates a, da and the inner product.
-        centred = da - (a * da).sum(-1, keepdim=True)
-        inner_r = (cache.ra * da).sum(-1, keepdim=True) + (a * rda).sum(-1, keepdim=True)
-        return a * centred, cache.ra * centred + a * (rda - inner_r)
-    d1 = _first_derivative(name, z, a)
-    d2 = _second_derivative(name, z, a, d1)
-    return d1 * da, d1 * rda + d2 * cache.rz * da
+        inner_r = (ra * layer.da).sum(-1, keepdim=True) + (a * rda).sum(-1, keepdim=True)
+        return ra * layer.centred + a * (rda - inner_r)
+    return torch.addcmul(layer.curve * rz, layer.d1, rda)
 
 
 def _leaky(t: Tensor, positive: Tensor, slope: float) -> Tensor:

@@ -27,7 +27,7 @@ from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
-from curvlab.curvature.rop.losses import has_hooks, loss_derivatives
+from curvlab.curvature.rop.losses import LossCurvature, has_hooks
 from curvlab.models.vit import ViT
 
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
@@ -37,46 +37,49 @@ _layer_norm = torch.ops.aten.native_layer_norm  # (xhat, mean, 1 / std) without 
 _layer_norm_backward = torch.ops.aten.native_layer_norm_backward
 
 
-@dataclass
 class _Linear:
-    """A linear map of the last dimension; caches its input and the input's R-image."""
+    """A linear map of the last dimension, y = x W^T + b, and its R-images."""
 
-    weight: Tensor
-    bias: Tensor
-    vw: Tensor
-    vb: Tensor
-    x: Tensor | None = None
-    rx: Tensor | None = None
-    shape: tuple[int, ...] = ()
+    def __init__(self, module: nn.Linear | nn.Conv2d) -> None:
+        self.module = module
+        self.width = module.weight.shape[0]
+        self.weight = module.weight.reshape(self.width, -1)
+        self.shape: tuple[int, ...] = ()
+        self.x = self.dy = self.rx = self.vw = None
 
-    def forward(self, x: Tensor, rx: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor) -> Tensor:
         self.shape = x.shape
         self.x = x.reshape(-1, x.shape[-1])
+        y = torch.addmm(self.module.bias, self.x, self.weight.t())
+        return y.view(*x.shape[:-1], self.width)
+
+    def backward(self, dy: Tensor, need_input: bool = True) -> Tensor | None:
+        self.dy = dy.reshape(-1, self.width)
+        return (self.dy @ self.weight).view(self.shape) if need_input else None
+
+    def r_forward(self, rx: Tensor | None, directions: dict[int, Tensor]) -> Tensor:
+        self.vw = directions[id(self.module.weight)].reshape(self.weight.shape)
         self.rx = None if rx is None else rx.reshape(self.x.shape)
-        y = torch.addmm(self.bias, self.x, self.weight.t())
-        ry = torch.addmm(self.vb, self.x, self.vw.t())
+        ry = torch.addmm(directions[id(self.module.bias)], self.x, self.vw.t())
         if self.rx is not None:
             ry.addmm_(self.rx, self.weight.t())
-        shape = (*x.shape[:-1], self.weight.shape[0])
-        return y.view(shape), ry.view(shape)
+        return ry.view(*self.shape[:-1], self.width)
 
-    def backward(
-        self, dy: Tensor, rdy: Tensor, need_input: bool = True
-    ) -> tuple[tuple[Tensor, Tensor], Tensor | None, Tensor | None]:
-        """(H v for weight, bias) and dL/dx with its R-image (None when not needed)."""
-        dy, rdy = dy.reshape(-1, dy.shape[-1]), rdy.reshape(-1, rdy.shape[-1])
+    def r_backward(
+        self, rdy: Tensor, out: dict[int, Tensor], need_input: bool = True
+    ) -> Tensor | None:
+        """Writes (H v) of the weight and bias into ``out``; returns R{dL/dx}."""
+        rdy = rdy.reshape(-1, self.width)
         hw = rdy.t() @ self.x
         if self.rx is not None:
-            hw.addmm_(dy.t(), self.rx)
-        hb = rdy.sum(0)
+            hw.addmm_(self.dy.t(), self.rx)
+        out[id(self.module.weight)] = hw.view_as(self.module.weight)
+        out[id(self.module.bias)] = rdy.sum(0)
         if not need_input:
-            return (hw, hb), None, None
-        dx = dy @ self.weight
-        rdx = (dy @ self.vw).addmm_(rdy, self.weight)
-        return (hw, hb), dx.view(self.shape), rdx.view(self.shape)
+            return None
+        return (self.dy @ self.vw).addmm_(rdy, self.weight).view(self.shape)
 
 
-@dataclass
 class _LayerNorm:
     """LayerNorm over the last dimension, y = xhat gamma + beta, xhat = (x - mean) s.
 
@@ -85,130 +88,131 @@ class _LayerNorm:
     both what torch's fused LayerNorm backward computes; only R{J} is written out.
     """
 
-    gamma: Tensor
-    beta: Tensor
-    vg: Tensor
-    vb: Tensor
-    eps: float
-    x: Tensor | None = None
-    xhat: Tensor | None = None
-    rxhat: Tensor | None = None
-    mean: Tensor | None = None
-    s: Tensor | None = None
-    m1: Tensor | None = None
+    def __init__(self, module: nn.LayerNorm) -> None:
+        self.module = module
+        self.x = self.xhat = self.mean = self.s = None
+        self.dy = self.g = self.gx = self.dx = None
+        self.rxhat = self.m1 = self.vg = None
 
     def _jacobian_times(self, t: Tensor) -> Tensor:
         width = (self.x.shape[-1],)
         mask = [True, False, False]
         return _layer_norm_backward(t, self.x, width, self.mean, self.s, None, None, mask)[0]
 
-    def forward(self, x: Tensor, rx: Tensor) -> tuple[Tensor, Tensor]:
-        width = (x.shape[-1],)
+    def forward(self, x: Tensor) -> Tensor:
         self.x = x
-        self.xhat, self.mean, self.s = _layer_norm(x, width, None, None, self.eps)
+        self.xhat, self.mean, self.s = _layer_norm(x, (x.shape[-1],), None, None, self.module.eps)
+        return torch.addcmul(self.module.bias, self.xhat, self.module.weight)
+
+    def backward(self, dy: Tensor) -> Tensor:
+        self.dy, self.g = dy, dy * self.module.weight
+        self.gx = (self.g * self.xhat).mean(-1, keepdim=True)
+        self.dx = self._jacobian_times(self.g)
+        return self.dx
+
+    def r_forward(self, rx: Tensor, directions: dict[int, Tensor]) -> Tensor:
+        self.vg = directions[id(self.module.weight)]
         self.rxhat = self._jacobian_times(rx)
         self.m1 = (self.xhat * rx).mean(-1, keepdim=True)  # R{s} = -s^2 m1
-        y = torch.addcmul(self.beta, self.xhat, self.gamma)
-        ry = torch.addcmul(self.vb, self.rxhat, self.gamma).addcmul_(self.xhat, self.vg)
-        return y, ry
+        ry = torch.addcmul(directions[id(self.module.bias)], self.rxhat, self.module.weight)
+        return ry.addcmul_(self.xhat, self.vg)
 
-    def backward(self, dy: Tensor, rdy: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor, Tensor]:
-        xhat, rxhat, s = self.xhat, self.rxhat, self.s
-        dims = tuple(range(dy.dim() - 1))
-        hg = (rdy * xhat).addcmul_(dy, rxhat).sum(dims)
-        hb = rdy.sum(dims)
-        g = dy * self.gamma
-        rg = (rdy * self.gamma).addcmul_(dy, self.vg)
-        dx = self._jacobian_times(g)
+    def r_backward(self, rdy: Tensor, out: dict[int, Tensor]) -> Tensor:
+        xhat, rxhat, s, dy = self.xhat, self.rxhat, self.s, self.dy
+        dims = tuple(range(rdy.dim() - 1))
+        out[id(self.module.weight)] = (rdy * xhat).addcmul_(dy, rxhat).sum(dims)
+        out[id(self.module.bias)] = rdy.sum(dims)
+        rg = (rdy * self.module.weight).addcmul_(dy, self.vg)
         # R{dx} = J R{g} + R{J} g, R{J} g = R{s}/s dx - s (R{xhat} <g, xhat> + xhat <g, R{xhat}>)
-        gx = (g * xhat).mean(-1, keepdim=True)
-        g_rx = (g * rxhat).mean(-1, keepdim=True)
-        rj_g = (rxhat * gx).addcmul_(xhat, g_rx)
-        rdx = self._jacobian_times(rg).addcmul_(dx, s * self.m1, value=-1.0)
-        return (hg, hb), dx, rdx.addcmul_(rj_g, s, value=-1.0)
+        g_rx = (self.g * rxhat).mean(-1, keepdim=True)
+        rj_g = (rxhat * self.gx).addcmul_(xhat, g_rx)
+        rdx = self._jacobian_times(rg).addcmul_(self.dx, s * self.m1, value=-1.0)
+        return rdx.addcmul_(rj_g, s, value=-1.0)
 
 
-@dataclass
 class _Gelu:
     """Exact GELU, a = z Phi(z): sigma' = Phi + z phi, sigma'' = phi (2 - z^2).
 
     One erf and one exp give all three; torch's fused ``gelu_backward`` would recompute
-    sigma' (an erf and an exp) for each of the three products with it.
+    sigma' (an erf and an exp) for each product with it.
     """
 
-    rz: Tensor | None = None
-    d1: Tensor | None = None
-    d2: Tensor | None = None
+    def __init__(self) -> None:
+        self.d1 = self.d2 = self.curve = self.rz = None
 
-    def forward(self, z: Tensor, rz: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, z: Tensor) -> Tensor:
         cdf = torch.erf(z * _INV_SQRT_2).add_(1).mul_(0.5)
         z2 = z * z
         pdf = torch.exp(z2 * -0.5).mul_(_INV_SQRT_2PI)
-        self.rz = rz
         self.d1 = torch.addcmul(cdf, z, pdf)
         self.d2 = pdf.mul_(z2.neg_().add_(2))
-        return cdf.mul_(z), self.d1 * rz
+        return cdf.mul_(z)
 
-    def backward(self, da: Tensor, rda: Tensor) -> tuple[Tensor, Tensor]:
-        rdz = (self.d1 * rda).addcmul_(self.d2 * self.rz, da)
-        return self.d1 * da, rdz
+    def backward(self, da: Tensor) -> Tensor:
+        self.curve, self.d2 = self.d2.mul_(da), None  # sigma''(z) dL/da
+        return self.d1 * da
+
+    def r_forward(self, rz: Tensor) -> Tensor:
+        self.rz = rz
+        return self.d1 * rz
+
+    def r_backward(self, rda: Tensor) -> Tensor:
+        return torch.addcmul(self.curve * self.rz, self.d1, rda)
 
 
-@dataclass
 class _SelfAttention:
     """Multi-head softmax attention between the qkv and output projections."""
 
-    heads: int
-    scale: float
-    q: Tensor | None = None
-    k: Tensor | None = None
-    v: Tensor | None = None
-    rq: Tensor | None = None
-    rk: Tensor | None = None
-    rv: Tensor | None = None
-    p: Tensor | None = None
-    rp: Tensor | None = None
+    def __init__(self, heads: int, scale: float) -> None:
+        self.heads, self.scale = heads, scale
+        self.q = self.k = self.v = self.p = None
+        self.do = self.dp = self.centred = self.ds = None
+        self.rq = self.rk = self.rv = self.rp = None
 
     def _split(self, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         # One copy each into (B, h, N, hd): every later product then reads them in place.
         b, n, _ = qkv.shape
         heads = qkv.view(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = heads.contiguous().unbind(0)
-        return q, k, v
+        return q * self.scale, k, v
 
-    def forward(self, qkv: Tensor, rqkv: Tensor) -> tuple[Tensor, Tensor]:
-        q, k, v = self._split(qkv)
-        rq, rk, rv = self._split(rqkv)
-        q, rq = q * self.scale, rq * self.scale
-        p = torch.softmax(q @ k.transpose(-2, -1), dim=-1)
-        rs = rq @ k.transpose(-2, -1) + q @ rk.transpose(-2, -1)
-        rp = p * (rs - (p * rs).sum(-1, keepdim=True))
-        out = p @ v
-        r_out = rp @ v + p @ rv
-        self.q, self.k, self.v, self.rq, self.rk, self.rv = q, k, v, rq, rk, rv
-        self.p, self.rp = p, rp
-        return _merge(out), _merge(r_out)
+    def _heads(self, t: Tensor) -> Tensor:
+        b, n, _ = t.shape
+        return t.view(b, n, self.heads, -1).transpose(1, 2).contiguous()
 
-    def backward(self, d_out: Tensor, rd_out: Tensor) -> tuple[Tensor, Tensor]:
-        b, n, _ = d_out.shape
-        do = d_out.view(b, n, self.heads, -1).transpose(1, 2).contiguous()
-        rdo = rd_out.view(b, n, self.heads, -1).transpose(1, 2).contiguous()
-        q, k, v, rq, rk, rv = self.q, self.k, self.v, self.rq, self.rk, self.rv
-        p, rp = self.p, self.rp
-        dp = do @ v.transpose(-2, -1)
-        rdp = rdo @ v.transpose(-2, -1) + do @ rv.transpose(-2, -1)
+    def forward(self, qkv: Tensor) -> Tensor:
+        self.q, self.k, self.v = self._split(qkv)
+        self.p = torch.softmax(self.q @ self.k.transpose(-2, -1), dim=-1)
+        return _merge(self.p @ self.v)
+
+    def backward(self, d_out: Tensor) -> Tensor:
+        q, k, v, p = self.q, self.k, self.v, self.p
+        self.do = do = self._heads(d_out)
+        self.dp = do @ v.transpose(-2, -1)
         dv = p.transpose(-2, -1) @ do
-        rdv = rp.transpose(-2, -1) @ do + p.transpose(-2, -1) @ rdo
-        # Softmax backward dS = P (dP - <P, dP>) and its R-image.
-        centred = dp - (p * dp).sum(-1, keepdim=True)
-        r_inner = (rp * dp).sum(-1, keepdim=True) + (p * rdp).sum(-1, keepdim=True)
-        ds = p * centred
-        rds = rp * centred + p * (rdp - r_inner)
-        dq = (ds @ k) * self.scale
-        rdq = (rds @ k + ds @ rk) * self.scale
-        dk = ds.transpose(-2, -1) @ q
-        rdk = rds.transpose(-2, -1) @ q + ds.transpose(-2, -1) @ rq
-        return _join(dq, dk, dv), _join(rdq, rdk, rdv)
+        # Softmax backward dS = P (dP - <P, dP>).
+        self.centred = self.dp - (p * self.dp).sum(-1, keepdim=True)
+        self.ds = ds = p * self.centred
+        return _join((ds @ k).mul_(self.scale), ds.transpose(-2, -1) @ q, dv)
+
+    def r_forward(self, rqkv: Tensor) -> Tensor:
+        q, k, v, p = self.q, self.k, self.v, self.p
+        self.rq, self.rk, self.rv = rq, rk, rv = self._split(rqkv)
+        rs = (rq @ k.transpose(-2, -1)).add_(q @ rk.transpose(-2, -1))
+        self.rp = rp = p * (rs - (p * rs).sum(-1, keepdim=True))
+        return _merge((rp @ v).add_(p @ rv))
+
+    def r_backward(self, rd_out: Tensor) -> Tensor:
+        q, k, v, p, do, ds = self.q, self.k, self.v, self.p, self.do, self.ds
+        rq, rk, rv, rp = self.rq, self.rk, self.rv, self.rp
+        rdo = self._heads(rd_out)
+        rdp = (rdo @ v.transpose(-2, -1)).add_(do @ rv.transpose(-2, -1))
+        rdv = (rp.transpose(-2, -1) @ do).add_(p.transpose(-2, -1) @ rdo)
+        r_inner = (rp * self.dp).sum(-1, keepdim=True).add_((p * rdp).sum(-1, keepdim=True))
+        rds = (rp * self.centred).add_(p * rdp.sub_(r_inner))
+        rdq = (rds @ k).add_(ds @ rk).mul_(self.scale)
+        rdk = (rds.transpose(-2, -1) @ q).add_(ds.transpose(-2, -1) @ rq)
+        return _join(rdq, rdk, rdv)
 
 
 def _merge(heads: Tensor) -> Tensor:
@@ -317,142 +321,134 @@ def _stock_block(block: nn.Module) -> bool:
     )
 
 
-def vit_hvp(
-    plan: VitPlan,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
-    batches: Sequence[tuple[Tensor, Tensor, float]],
-    v: Sequence[Tensor],
-    params: Sequence[Tensor],
-) -> list[Tensor]:
-    """H v of the weighted sum of ``loss_fn(vit(x), y)`` over ``(x, y, weight)`` batches."""
-    if len(v) != len(params):
-        raise ValueError(f"v has {len(v)} tensors; the ViT has {len(params)} parameters.")
-    directions = {id(p): t for p, t in zip(params, v, strict=True)}
-    total: dict[int, Tensor] = {}
-    for x, y, w in batches:
-        for key, piece in _product(plan, loss_fn, x, y, w, directions).items():
-            total[key] = total[key].add_(piece) if key in total else piece
-    return [total[id(p)] for p in params]
+class VitPass:
+    """The gradient's forward and backward pass of the ViT at one batch, kept for products.
+
+    The activations, LayerNorm statistics, attention probabilities, GELU derivatives and
+    every dL/d(.) are computed once here; :meth:`hvp` pushes a v through their R-images.
+    """
+
+    def __init__(
+        self,
+        plan: VitPlan,
+        loss_fn: Callable[[Tensor, Tensor], Tensor],
+        x: Tensor,
+        y: Tensor,
+        w: float,
+        params: Sequence[Tensor],
+    ) -> None:
+        net = self.net = plan.net
+        self.params = list(params)
+        self.embed = _Linear(net.patch_embed.proj)
+        self.blocks = [_BlockPass(block) for block in plan.blocks]
+        self.final = _LayerNorm(net.norm) if _affine_norm(net.norm) else None
+        self.pool_norm = _LayerNorm(net.fc_norm) if _affine_norm(net.fc_norm) else None
+        self.head = _Linear(net.head)
+        self.prefix = 1 if net.cls_token is not None else 0
+        with torch.no_grad():
+            t = self.embed.forward(_patches(x, net.patch_embed.proj.kernel_size[0]))
+            if self.prefix:
+                t = torch.cat((net.cls_token.expand(len(x), -1, -1), t), dim=1)
+            t = t + net.pos_embed
+            for block in self.blocks:
+                t = block.forward(t)
+            if self.final is not None:
+                t = self.final.forward(t)
+            self.tokens = t.shape
+            pooled = t[:, 0] if net.global_pool == "token" else t.mean(1)
+            if self.pool_norm is not None:
+                pooled = self.pool_norm.forward(pooled)
+            self.loss = LossCurvature(loss_fn, self.head.forward(pooled), y, w)
+
+            d = self.head.backward(self.loss.delta)
+            if self.pool_norm is not None:
+                d = self.pool_norm.backward(d)
+            dt = self._unpool(d)
+            if self.final is not None:
+                dt = self.final.backward(dt)
+            for block in reversed(self.blocks):
+                dt = block.backward(dt)
+            self.embed.backward(dt[:, self.prefix :], need_input=False)
+
+    def _unpool(self, d: Tensor) -> Tensor:
+        """dL/d(tokens) from dL/d(pooled)."""
+        if self.net.global_pool == "token":
+            dt = d.new_zeros(self.tokens)
+            dt[:, 0] = d
+            return dt
+        return (d / self.tokens[1]).unsqueeze(1).expand(self.tokens)
+
+    def hvp(self, v: Sequence[Tensor]) -> list[Tensor]:
+        """H v at this batch, for v in the order of ``params``."""
+        net = self.net
+        directions = {id(p): t for p, t in zip(self.params, v, strict=True)}
+        out: dict[int, Tensor] = {}
+        with torch.no_grad():
+            rt = self.embed.r_forward(None, directions)
+            if self.prefix:
+                v_cls = directions[id(net.cls_token)].expand(len(rt), -1, -1)
+                rt = torch.cat((v_cls, rt), dim=1)
+            rt = rt + directions[id(net.pos_embed)]
+            for block in self.blocks:
+                rt = block.r_forward(rt, directions)
+            if self.final is not None:
+                rt = self.final.r_forward(rt, directions)
+            r_pooled = rt[:, 0] if net.global_pool == "token" else rt.mean(1)
+            if self.pool_norm is not None:
+                r_pooled = self.pool_norm.r_forward(r_pooled, directions)
+            r_logits = self.head.r_forward(r_pooled, directions)
+
+            rd = self.head.r_backward(self.loss.hessian_times(r_logits), out)
+            if self.pool_norm is not None:
+                rd = self.pool_norm.r_backward(rd, out)
+            rdt = self._unpool(rd)
+            if self.final is not None:
+                rdt = self.final.r_backward(rdt, out)
+            for block in reversed(self.blocks):
+                rdt = block.r_backward(rdt, out)
+            out[id(net.pos_embed)] = rdt.sum(0, keepdim=True)
+            if self.prefix:
+                out[id(net.cls_token)] = rdt[:, :1].sum(0, keepdim=True)
+            self.embed.r_backward(rdt[:, self.prefix :], out, need_input=False)
+        return [out[id(p)] for p in self.params]
 
 
-def _product(
-    plan: VitPlan,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
-    x: Tensor,
-    y: Tensor,
-    w: float,
-    directions: dict[int, Tensor],
-) -> dict[int, Tensor]:
-    net = plan.net
-    out: dict[int, Tensor] = {}
+class _BlockPass:
+    """One pre-norm transformer block: t + attn(norm1(t)), then t + mlp(norm2(t))."""
 
-    def linear(module: nn.Linear | nn.Conv2d) -> _Linear:
-        weight, vw, vb = module.weight, directions[id(module.weight)], directions[id(module.bias)]
-        width = weight.shape[0]
-        return _Linear(weight.reshape(width, -1), module.bias, vw.reshape(width, -1), vb)
+    def __init__(self, block: Block) -> None:
+        attn, mlp = block.attn, block.mlp
+        self.norm1, self.qkv = _LayerNorm(block.norm1), _Linear(attn.qkv)
+        self.attn, self.proj = _SelfAttention(attn.num_heads, attn.scale), _Linear(attn.proj)
+        self.norm2, self.fc1 = _LayerNorm(block.norm2), _Linear(mlp.fc1)
+        self.act, self.fc2 = _Gelu(), _Linear(mlp.fc2)
 
-    def norm(module: nn.LayerNorm) -> _LayerNorm:
-        v_g, v_b = directions[id(module.weight)], directions[id(module.bias)]
-        return _LayerNorm(module.weight, module.bias, v_g, v_b, module.eps)
+    def forward(self, t: Tensor) -> Tensor:
+        t = t + self.proj.forward(self.attn.forward(self.qkv.forward(self.norm1.forward(t))))
+        return t + self.fc2.forward(self.act.forward(self.fc1.forward(self.norm2.forward(t))))
 
-    def keep(module: nn.Module, pieces: tuple[Tensor, ...]) -> None:
-        for param, piece in zip((module.weight, module.bias), pieces, strict=True):
-            out[id(param)] = piece.reshape(param.shape)
+    def backward(self, dt: Tensor) -> Tensor:
+        da = self.fc1.backward(self.act.backward(self.fc2.backward(dt)))
+        dt = dt + self.norm2.backward(da)
+        da = self.qkv.backward(self.attn.backward(self.proj.backward(dt)))
+        return dt + self.norm1.backward(da)
 
-    with torch.no_grad():
-        # Patch embedding: a convolution with stride = kernel is a linear map of patches.
-        conv = net.patch_embed.proj
-        b, c, height, width = x.shape
-        size = conv.kernel_size[0]
-        patches = x.reshape(b, c, height // size, size, width // size, size)
-        patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(b, -1, c * size * size)
-        embed = linear(conv)
-        t, rt = embed.forward(patches, None)
-        prefix = 0
-        if net.cls_token is not None:
-            prefix = 1
-            v_cls = directions[id(net.cls_token)]
-            t = torch.cat((net.cls_token.expand(b, -1, -1), t), dim=1)
-            rt = torch.cat((v_cls.expand(b, -1, -1), rt), dim=1)
-        t = t + net.pos_embed
-        rt = rt + directions[id(net.pos_embed)]
+    def r_forward(self, rt: Tensor, directions: dict[int, Tensor]) -> Tensor:
+        ra = self.qkv.r_forward(self.norm1.r_forward(rt, directions), directions)
+        rt = rt + self.proj.r_forward(self.attn.r_forward(ra), directions)
+        ra = self.fc1.r_forward(self.norm2.r_forward(rt, directions), directions)
+        return rt + self.fc2.r_forward(self.act.r_forward(ra), directions)
 
-        stages = []
-        for block in plan.blocks:
-            attn, mlp = block.attn, block.mlp
-            parts = (
-                norm(block.norm1),
-                linear(attn.qkv),
-                _SelfAttention(attn.num_heads, attn.scale),
-                linear(attn.proj),
-                norm(block.norm2),
-                linear(mlp.fc1),
-                _Gelu(),
-                linear(mlp.fc2),
-            )
-            n1, qkv, att, proj, n2, fc1, act, fc2 = parts
-            a, ra = n1.forward(t, rt)
-            a, ra = att.forward(*qkv.forward(a, ra))
-            a, ra = proj.forward(a, ra)
-            t, rt = t + a, rt + ra
-            a, ra = n2.forward(t, rt)
-            a, ra = fc2.forward(*act.forward(*fc1.forward(a, ra)))
-            t, rt = t + a, rt + ra
-            stages.append(parts)
+    def r_backward(self, rdt: Tensor, out: dict[int, Tensor]) -> Tensor:
+        rda = self.act.r_backward(self.fc2.r_backward(rdt, out))
+        rdt = rdt + self.norm2.r_backward(self.fc1.r_backward(rda, out), out)
+        rda = self.attn.r_backward(self.proj.r_backward(rdt, out))
+        return rdt + self.norm1.r_backward(self.qkv.r_backward(rda, out), out)
 
-        final = norm(net.norm) if _affine_norm(net.norm) else None
-        if final is not None:
-            t, rt = final.forward(t, rt)
-        n_tokens = t.shape[1]
-        if net.global_pool == "token":
-            pooled, r_pooled = t[:, 0], rt[:, 0]
-        else:
-            pooled, r_pooled = t.mean(1), rt.mean(1)
-        pool_norm = norm(net.fc_norm) if _affine_norm(net.fc_norm) else None
-        if pool_norm is not None:
-            pooled, r_pooled = pool_norm.forward(pooled, r_pooled)
-        head = linear(net.head)
-        logits, r_logits = head.forward(pooled, r_pooled)
 
-        d, rd = loss_derivatives(loss_fn, logits, r_logits, y, w)
-
-        pieces, d, rd = head.backward(d, rd)
-        keep(net.head, pieces)
-        if pool_norm is not None:
-            pieces, d, rd = pool_norm.backward(d, rd)
-            keep(net.fc_norm, pieces)
-        if net.global_pool == "token":
-            dt = torch.zeros_like(t)
-            rdt = torch.zeros_like(t)
-            dt[:, 0], rdt[:, 0] = d, rd
-        else:
-            dt = (d / n_tokens).unsqueeze(1).expand_as(t)
-            rdt = (rd / n_tokens).unsqueeze(1).expand_as(t)
-        if final is not None:
-            pieces, dt, rdt = final.backward(dt, rdt)
-            keep(net.norm, pieces)
-
-        for block, parts in zip(reversed(plan.blocks), reversed(stages), strict=True):
-            n1, qkv, att, proj, n2, fc1, act, fc2 = parts
-            pieces, da, rda = fc2.backward(dt, rdt)
-            keep(block.mlp.fc2, pieces)
-            pieces, da, rda = fc1.backward(*act.backward(da, rda))
-            keep(block.mlp.fc1, pieces)
-            pieces, da, rda = n2.backward(da, rda)
-            keep(block.norm2, pieces)
-            dt, rdt = dt + da, rdt + rda
-            pieces, da, rda = proj.backward(dt, rdt)
-            keep(block.attn.proj, pieces)
-            da, rda = att.backward(da, rda)
-            pieces, da, rda = qkv.backward(da, rda)
-            keep(block.attn.qkv, pieces)
-            pieces, da, rda = n1.backward(da, rda)
-            keep(block.norm1, pieces)
-            dt, rdt = dt + da, rdt + rda
-
-        out[id(net.pos_embed)] = rdt.sum(0, keepdim=True)
-        if net.cls_token is not None:
-            out[id(net.cls_token)] = rdt[:, :1].sum(0, keepdim=True)
-        pieces, _, _ = embed.backward(dt[:, prefix:], rdt[:, prefix:], need_input=False)
-        keep(conv, pieces)
-    return out
+def _patches(x: Tensor, size: int) -> Tensor:
+    """(B, C, H, W) -> (B, patches, C size size): with stride = kernel the patch embedding's
+    convolution is a linear map of these."""
+    b, c, height, width = x.shape
+    patches = x.reshape(b, c, height // size, size, width // size, size)
+    return patches.permute(0, 2, 4, 1, 3, 5).reshape(b, -1, c * size * size)
