@@ -7,7 +7,9 @@ embedding, class token and position embedding, per block LayerNorm, multi-head a
 LayerNorm and a GELU MLP with residual connections, a final LayerNorm, pooling and the head.
 A linear layer takes 8 matrix products where the double backward takes 9 (the gradient 3),
 an attention product 9 (gradient 3), and the elementwise steps (LayerNorm, GELU, softmax)
-use their closed-form derivatives instead of autograd's generic second-order formulas.
+use their closed-form derivatives instead of autograd's generic second-order formulas. Of
+a linear layer's 8, 2 belong to the gradient's own passes, which :class:`VitPass` runs once
+per batch and keeps: further products at that batch take the other 6.
 
 Only the configuration :class:`curvlab.models.ViT` builds qualifies (:func:`vit_plan`);
 anything else timm can do (register tokens, layer scale, QK norm, gated or pooled attention,
