@@ -61,8 +61,8 @@ class CurvatureCallback(pl.Callback):
         trace_probes: Hutchinson probes (HVPs) per trace estimate.
         seed: seed of the start and probe vectors, shared by all ranks and measurements.
         warm_start: start each Lanczos run from the previous measurement's eigenvectors.
-        method: HVP method, ``auto`` (R-operator for the MLP, else timed), ``rop``,
-            ``reverse`` (double backward) or ``forward``.
+        method: HVP method, ``auto`` (R-operator for curvlab's MLP and ViT, else timed),
+            ``rop``, ``reverse`` (double backward) or ``forward``.
         source: ``measurement`` (the datamodule's held-out batch) or ``train`` (the whole
             training split, for full-batch runs whose sharpness is that of the training loss).
         plot: draw the sharpness plot at the end of fitting and log it as an artifact.

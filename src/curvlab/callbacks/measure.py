@@ -46,9 +46,9 @@ class CurvatureProbe:
         seed: seeds the start and probe vectors; the same on every rank and every measurement,
             so that successive trace estimates share their probes.
         warm_start: start Lanczos from the previous measurement's eigenvectors.
-        method: HVP method: ``auto`` (the closed-form R-operator for curvlab's MLP, else the
-            faster of the other two, timed once), ``rop``, ``reverse`` (double backward) or
-            ``forward`` (forward-over-reverse).
+        method: HVP method: ``auto`` (the closed-form R-operator for curvlab's MLP and ViT,
+            else the faster of the other two, timed once), ``rop``, ``reverse`` (double
+            backward) or ``forward`` (forward-over-reverse).
     """
 
     def __init__(
