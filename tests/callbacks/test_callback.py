@@ -210,4 +210,5 @@ def test_slow_measurements_are_skipped_in_a_run(tmp_path: Path, monkeypatch) -> 
     fit(schedule, tmp_path, logger)
 
     assert [s for s, _ in logger.history["curvature/gradient_curvature"]] == [0]
-    assert logger.history["curvature/time_share"][0][1] > 0
+    # At step 0 nothing but the measurement has run: its share of the time is all of it.
+    assert 0.9 < logger.history["curvature/time_share"][0][1] <= 1.0

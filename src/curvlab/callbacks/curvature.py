@@ -243,9 +243,11 @@ class CurvatureCallback(pl.Callback):
             figures.update(
                 {f"curvature/trust_ratio/{k}": v for k, v in self._trust_ratios.items()}
             )
-        spent = self._spent + time.perf_counter() - start  # up to this one's logging
-        training = time.perf_counter() - self._clock_start - spent
-        figures["curvature/time_share"] = spent / max(training, 1e-9)
+        # Of the wall time since training started, the share spent measuring (up to this
+        # measurement's logging): 1 at step 0, where nothing else has run yet.
+        now = time.perf_counter()
+        spent = self._spent + now - start
+        figures["curvature/time_share"] = spent / max(now - self._clock_start, spent, 1e-9)
         for logger in trainer.loggers:
             logger.log_metrics(figures, step=trainer.global_step)
         self.records.append({"step": float(trainer.global_step), **figures})

@@ -217,11 +217,11 @@ class HessianOperator(CurvatureOperator):
     def _choose(self, usage: str) -> str:
         """The R-operator where the model has one, else the faster autograd method, timed once.
 
-        The R-operator needs no autograd graph: a single product costs 1.2x to 1.8x a gradient
-        on the MLP and about 2.7x on the ViT, and further products at the same batch 0.7x and
-        1.8x, where the double backward takes 2.6x to 3.5x and, reusing the graph of g, 1.4x
-        and 2.4x. Other models time ``reverse`` and ``forward`` once, interleaved, and the
-        choice is remembered for the model.
+        The R-operator needs no autograd graph: on one CPU core a single product costs 1.4x to
+        2.1x a gradient on the MLP and about 2.7x on the ViT, further products at the same
+        batch 0.7x to 1.1x and 1.8x to 1.9x; the double backward takes 2.5x to 3.5x, and 1.1x
+        to 2.3x reusing the graph of g. Other models time ``reverse`` and ``forward`` once,
+        interleaved, and the choice is remembered for the model.
         """
         if self._closed is not None:
             return "rop"
