@@ -241,12 +241,10 @@ class HessianOperator(CurvatureOperator):
                 self._graph = self._build_graph()
             self._matvec(v)
 
-        candidates = ("reverse", "forward")
-        timings = _interleaved_best_times(product, candidates, v[0].device)
-        # Noise on a shared machine should not flip the choice: the others must win clearly.
-        best = min(candidates, key=timings.__getitem__)
-        choice = best if timings[best] < _MARGIN * timings["reverse"] else "reverse"
-        if choice != "reverse":
+        timings = _interleaved_best_times(product, ("reverse", "forward"), v[0].device)
+        # Noise on a shared machine should not flip the choice: forward must win clearly.
+        choice = "forward" if timings["forward"] < _MARGIN * timings["reverse"] else "reverse"
+        if choice == "forward":
             self._graph = None
 
         _FASTEST.setdefault(self.model, {})[usage] = choice

@@ -40,6 +40,8 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 # rz * (z > 0) in one kernel: ReLU's backward applied to an R-image.
 _relu_mask = torch.ops.aten.threshold_backward
+# Activations whose sigma' is constant between kinks and whose sigma'' is zero.
+_PIECEWISE_LINEAR = ("identity", "relu", "leaky_relu")
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,8 @@ class MlpPass:
             self.layers: list[_Layer] = []
             for step in steps:
                 z = torch.addmm(step.bias, a, step.weight.t())
-                layer = _Layer(a_prev=a, z=z, a=_activation(step, z))
+                positive = z > 0 if step.activation == "leaky_relu" else None
+                layer = _Layer(a_prev=a, z=z, a=_activation(step, z, positive), positive=positive)
                 self.layers.append(layer)
                 a = layer.a
             self.loss = LossCurvature(loss_fn, a, y, w)
@@ -153,16 +156,17 @@ class _Layer:
     curve: Tensor | None = None  # sigma''(z) dL/da of a smooth activation
     da: Tensor | None = None  # dL/da of a softmax
     centred: Tensor | None = None  # dL/da - <a, dL/da> of a softmax
+    positive: Tensor | None = None  # z > 0 of a leaky ReLU, made once per batch
 
 
-def _activation(step: Step, z: Tensor) -> Tensor:
+def _activation(step: Step, z: Tensor, positive: Tensor | None) -> Tensor:
     name = step.activation
     if name == "identity":
         return z
     if name == "relu":
         return torch.relu(z)
     if name == "leaky_relu":
-        return _leaky(z, z > 0, step.negative_slope)
+        return _leaky(z, positive, step.negative_slope)
     if name == "softmax":
         return torch.softmax(z, dim=-1)
     return _smooth(name, z)
@@ -171,12 +175,8 @@ def _activation(step: Step, z: Tensor) -> Tensor:
 def _backward(step: Step, layer: _Layer, da: Tensor) -> None:
     """dL/dz from dL/da, keeping what the R-images of this step need."""
     name, z, a = step.activation, layer.z, layer.a
-    if name == "identity":
-        layer.dz = da
-    elif name == "relu":
-        layer.dz = _relu_mask(da, z, 0)
-    elif name == "leaky_relu":
-        layer.dz = _leaky(da, z > 0, step.negative_slope)
+    if name in _PIECEWISE_LINEAR:
+        layer.dz = _piecewise_linear(step, layer, da)
     elif name == "softmax":
         layer.da, layer.centred = da, da - (a * da).sum(-1, keepdim=True)
         layer.dz = a * layer.centred
@@ -188,32 +188,33 @@ def _backward(step: Step, layer: _Layer, da: Tensor) -> None:
 
 def _tangent_forward(step: Step, layer: _Layer, rz: Tensor) -> Tensor:
     """R{a} = sigma'(z) R{z}."""
-    name, z, a = step.activation, layer.z, layer.a
-    if name == "identity":
-        return rz
-    if name == "relu":
-        return _relu_mask(rz, z, 0)
-    if name == "leaky_relu":
-        return _leaky(rz, z > 0, step.negative_slope)
-    if name == "softmax":
+    if step.activation in _PIECEWISE_LINEAR:
+        return _piecewise_linear(step, layer, rz)
+    if step.activation == "softmax":
+        a = layer.a
         return a * (rz - (a * rz).sum(-1, keepdim=True))
     return layer.d1 * rz
 
 
 def _tangent_backward(step: Step, layer: _Layer, rz: Tensor, ra: Tensor, rda: Tensor) -> Tensor:
     """R{dL/dz} = sigma'(z) R{dL/da} + sigma''(z) R{z} dL/da (softmax: its Jacobian's)."""
-    name, z, a = step.activation, layer.z, layer.a
-    if name == "identity":
-        return rda
-    if name == "relu":
-        return _relu_mask(rda, z, 0)
-    if name == "leaky_relu":
-        return _leaky(rda, z > 0, step.negative_slope)
-    if name == "softmax":
+    if step.activation in _PIECEWISE_LINEAR:  # sigma'' = 0
+        return _piecewise_linear(step, layer, rda)
+    if step.activation == "softmax":
         # dz = a (da - <a, da>); its R-image differentiates a, da and the inner product.
+        a = layer.a
         inner_r = (ra * layer.da).sum(-1, keepdim=True) + (a * rda).sum(-1, keepdim=True)
         return ra * layer.centred + a * (rda - inner_r)
     return torch.addcmul(layer.curve * rz, layer.d1, rda)
+
+
+def _piecewise_linear(step: Step, layer: _Layer, t: Tensor) -> Tensor:
+    """sigma'(z) t for identity, ReLU and leaky ReLU, whose sigma' is a constant per element."""
+    if step.activation == "identity":
+        return t
+    if step.activation == "relu":
+        return _relu_mask(t, layer.z, 0)
+    return _leaky(t, layer.positive, step.negative_slope)
 
 
 def _leaky(t: Tensor, positive: Tensor, slope: float) -> Tensor:
